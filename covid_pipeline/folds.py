@@ -1,0 +1,42 @@
+"""Stratified k-fold assignment, grouped by patient by default (no patient in two folds)."""
+
+from __future__ import annotations
+
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from covid_pipeline.manifest import LABEL_NAMES, ManifestError
+
+GROUPINGS = ("patient", "none")
+
+
+def assign_folds(df: pd.DataFrame, n_folds: int = 5, group_by: str = "patient",
+                 seed: int = 42) -> pd.DataFrame:
+    """Return a copy of ``df`` with a ``fold`` column in ``0..n_folds-1``."""
+    if group_by not in GROUPINGS:
+        raise ManifestError(f"--group-by {group_by!r}: use one of {', '.join(GROUPINGS)}")
+    if n_folds < 2:
+        raise ManifestError(f"--folds {n_folds}: need at least 2 folds")
+    df = df.sort_values("image_id", kind="stable").reset_index(drop=True)
+    labels = df["label"].to_numpy()
+    unit = "patients" if group_by == "patient" else "images"
+    for label, name in LABEL_NAMES.items():
+        mask = labels == label
+        n = int(df.loc[mask, "patient_id"].nunique()) if group_by == "patient" else int(mask.sum())
+        if n < n_folds:
+            raise ManifestError(
+                f"class {name} has {n} {unit}, fewer than --folds {n_folds}; "
+                f"lower --folds or add data"
+            )
+    if group_by == "patient":
+        splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = splitter.split(df, labels, groups=df["patient_id"].to_numpy())
+    else:
+        splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = splitter.split(df, labels)
+    fold = pd.Series(-1, index=df.index, dtype="int64")
+    for k, (_, test_idx) in enumerate(splits):
+        fold.iloc[test_idx] = k
+    out = df.copy()
+    out["fold"] = fold.to_numpy()
+    return out

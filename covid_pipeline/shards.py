@@ -1,0 +1,196 @@
+"""Content-addressed dataset versions: manifest, normalised images in Parquet, TFRecords.
+
+Layout under ``<out>/datasets/<version>/``::
+
+    manifest.parquet            one row per image, with ``fold``
+    quarantine.parquet          rejected inputs with a reason
+    images/fold-<k>.parquet     image_id, sha256, label, fold, png (normalised grey PNG)
+    tfrecords/fold-<k>.tfrecord tf.train.Example: image (PNG), label, image_id, sha256, fold
+    dataset.json                settings, counts, file checksums; written last
+
+``<version>`` hashes the manifest's content columns and the preprocessing settings, so the
+same inputs give the same version and any changed, added or removed image a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from covid_pipeline import storage
+from covid_pipeline.ingest import normalised_uri
+
+log = logging.getLogger(__name__)
+
+VERSION_COLUMNS = ["image_id", "sha256", "label", "patient_id", "fold"]
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    version: str
+    uri: str
+    n_folds: int
+    image_size: int
+    counts: dict[str, int]
+
+    @property
+    def manifest_uri(self) -> str:
+        return storage.join(self.uri, "manifest.parquet")
+
+    def tfrecord_uri(self, fold: int) -> str:
+        return storage.join(self.uri, "tfrecords", f"fold-{fold}.tfrecord")
+
+    def images_uri(self, fold: int) -> str:
+        return storage.join(self.uri, "images", f"fold-{fold}.parquet")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def dataset_version(manifest: pd.DataFrame, settings: dict[str, Any]) -> str:
+    rows = manifest[VERSION_COLUMNS].sort_values("image_id").astype(str).to_numpy().tolist()
+    payload = json.dumps({"format": FORMAT, "settings": settings, "rows": rows},
+                         sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def parquet_bytes(df: pd.DataFrame) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), sink)
+    return sink.getvalue().to_pybytes()
+
+
+def write_parquet(uri: str, df: pd.DataFrame) -> str:
+    return storage.write_bytes(uri, parquet_bytes(df))
+
+
+def read_parquet(uri: str) -> pd.DataFrame:
+    return pq.read_table(io.BytesIO(storage.read_bytes(uri))).to_pandas()
+
+
+def load_dataset(dataset_uri: str) -> DatasetInfo:
+    meta = storage.read_json(storage.join(dataset_uri, "dataset.json"))
+    return DatasetInfo(meta["version"], dataset_uri, meta["n_folds"], meta["image_size"],
+                       meta["counts"]["final"])
+
+
+def _tf_example(row: dict, png: bytes) -> bytes:
+    import tensorflow as tf
+
+    def b(v: bytes) -> tf.train.Feature:
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+
+    def i(v: int) -> tf.train.Feature:
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
+
+    return tf.train.Example(features=tf.train.Features(feature={
+        "image": b(png),
+        "label": i(row["label"]),
+        "fold": i(row["fold"]),
+        "image_id": b(str(row["image_id"]).encode()),
+        "sha256": b(str(row["sha256"]).encode()),
+    })).SerializeToString()
+
+
+def write_dataset(
+    manifest: pd.DataFrame,
+    quarantine: pd.DataFrame,
+    out: str,
+    settings: dict[str, Any],
+    report: dict[str, Any],
+) -> DatasetInfo:
+    """Write a dataset version (skipped when a complete one already exists)."""
+    version = dataset_version(manifest, settings)
+    root = storage.join(out, "datasets", version)
+    n_folds = int(manifest["fold"].max()) + 1
+    size = int(settings["image_size"])
+    final = {str(k): int(v) for k, v in manifest.groupby("label_name").size().items()}
+    info = DatasetInfo(version, root, n_folds, size, final)
+    meta_uri = storage.join(root, "dataset.json")
+    if storage.exists(meta_uri):
+        log.info("dataset %s already complete at %s; reusing it", version, root)
+        return info
+
+    files: dict[str, str] = {}
+
+    def put(uri: str, data: bytes) -> None:
+        storage.write_bytes(uri, data)
+        files[uri[len(root) + 1 :]] = hashlib.sha256(data).hexdigest()
+
+    manifest = manifest.sort_values("image_id").reset_index(drop=True)
+    put(info.manifest_uri, parquet_bytes(manifest))
+    put(storage.join(root, "quarantine.parquet"), parquet_bytes(quarantine))
+    for k in range(n_folds):
+        part = manifest[manifest["fold"] == k]
+        pngs = [storage.read_bytes(normalised_uri(out, s, size)) for s in part["sha256"]]
+        images = pd.DataFrame({
+            "image_id": part["image_id"].astype(str).to_numpy(),
+            "sha256": part["sha256"].astype(str).to_numpy(),
+            "label": part["label"].to_numpy(),
+            "fold": part["fold"].to_numpy(),
+            "png": pngs,
+        })
+        put(info.images_uri(k), parquet_bytes(images))
+        put(info.tfrecord_uri(k), _tfrecord_bytes(
+            [_tf_example(r, p) for r, p in zip(part.to_dict("records"), pngs, strict=True)]
+        ))
+    folds = {
+        str(k): {str(n): int(c) for n, c in g.groupby("label_name").size().items()}
+        for k, g in manifest.groupby("fold")
+    }
+    meta = {
+        "version": version,
+        "format": FORMAT,
+        "n_folds": n_folds,
+        "image_size": size,
+        "settings": settings,
+        "counts": {**report.get("counts", {}), "final": final, "folds": folds},
+        "report": {k: v for k, v in report.items() if k != "counts"},
+        "files": files,
+    }
+    storage.write_json(meta_uri, meta)
+    return info
+
+
+def _tfrecord_bytes(records: list[bytes]) -> bytes:
+    """Frame records as a TFRecord file (length, masked CRC32C, data, masked CRC32C)."""
+    import tempfile
+
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory(prefix="covid-tfrecord-") as tmp:
+        path = f"{tmp}/part.tfrecord"
+        with tf.io.TFRecordWriter(path) as writer:
+            for rec in records:
+                writer.write(rec)
+        with open(path, "rb") as fh:
+            return fh.read()
+
+
+def tfrecord_dataset(path: str):  # -> tf.data.Dataset
+    """A ``tf.data`` dataset of dicts (image uint8 HxWx1, label, fold, image_id, sha256)."""
+    import tensorflow as tf
+
+    spec = {
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "label": tf.io.FixedLenFeature([], tf.int64),
+        "fold": tf.io.FixedLenFeature([], tf.int64),
+        "image_id": tf.io.FixedLenFeature([], tf.string),
+        "sha256": tf.io.FixedLenFeature([], tf.string),
+    }
+
+    def parse(record):
+        ex = tf.io.parse_single_example(record, spec)
+        ex["image"] = tf.io.decode_png(ex["image"], channels=1)
+        return ex
+
+    return tf.data.TFRecordDataset(path).map(parse, num_parallel_calls=tf.data.AUTOTUNE)

@@ -1,0 +1,183 @@
+"""One place for every read and write: fsspec URIs in, atomic writes out.
+
+Local paths and ``file://`` URIs are written to a temporary name in the same folder and
+renamed, so a reader never sees half a file. Object stores (``s3://`` through s3fs) commit
+an object only when its upload completes, which gives the same guarantee.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import posixpath
+import tempfile
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+
+class StorageError(RuntimeError):
+    """A read or write failed; the message names the URI and what to do."""
+
+
+def is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def local_path(uri: str) -> str:
+    return uri[len("file://") :] if uri.startswith("file://") else uri
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI parts with ``/`` (works for local paths and object-store URIs)."""
+    out = base.rstrip("/")
+    for part in parts:
+        part = str(part).strip("/")
+        if part:
+            out = f"{out}/{part}"
+    return out
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    return url_to_fs(uri)
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return bool(fs.exists(path))
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise StorageError(f"{uri}: cannot read ({exc}); check the path and permissions") from exc
+
+
+def read_text(uri: str, encoding: str = "utf-8") -> str:
+    return read_bytes(uri).decode(encoding)
+
+
+def read_json(uri: str) -> Any:
+    return json.loads(read_bytes(uri))
+
+
+def write_bytes(uri: str, data: bytes) -> str:
+    """Write ``data`` to ``uri`` atomically; return the URI."""
+    if is_local(uri):
+        path = local_path(uri)
+        folder = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(folder, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+        except OSError as exc:
+            raise StorageError(
+                f"{uri}: cannot write ({exc.strerror or exc}); choose a writable --out location"
+            ) from exc
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise StorageError(
+                f"{uri}: cannot write ({exc.strerror or exc}); free space or choose another --out"
+            ) from exc
+        return uri
+    fs, path = filesystem(uri)
+    try:
+        fs.pipe_file(path, data)
+    except OSError as exc:
+        raise StorageError(
+            f"{uri}: cannot write ({exc}); check the bucket and credentials"
+        ) from exc
+    return uri
+
+
+def write_text(uri: str, text: str) -> str:
+    return write_bytes(uri, text.encode("utf-8"))
+
+
+def write_json(uri: str, obj: Any) -> str:
+    return write_text(uri, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_local_file(uri: str, suffix: str = "") -> Iterator[str]:
+    """Yield a local temporary path; on success its content is written to ``uri`` atomically.
+
+    For writers (pyarrow, TFRecordWriter, matplotlib) that want a file name of their own.
+    """
+    with tempfile.TemporaryDirectory(prefix="covid-pipeline-") as tmpdir:
+        tmp = os.path.join(tmpdir, "part" + suffix)
+        yield tmp
+        if is_local(uri):
+            path = local_path(uri)
+            os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+            staged = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+            try:
+                # copy to the destination's filesystem first, then rename atomically
+                with open(tmp, "rb") as src, open(staged, "wb") as dst:
+                    while chunk := src.read(1 << 20):
+                        dst.write(chunk)
+                    dst.flush()
+                    os.fsync(dst.fileno())
+                os.replace(staged, path)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.unlink(staged)
+                raise StorageError(f"{uri}: cannot write ({exc.strerror or exc})") from exc
+        else:
+            fs, path = filesystem(uri)
+            try:
+                fs.put_file(tmp, path)
+            except OSError as exc:
+                raise StorageError(f"{uri}: cannot write ({exc})") from exc
+
+
+def list_files(uri: str, recursive: bool = True) -> list[str]:
+    """Files under a folder URI, as URIs of the same scheme, sorted."""
+    fs, path = filesystem(uri)
+    if not fs.exists(path):
+        return []
+    if recursive:
+        names = fs.find(path)
+    else:
+        names = [info["name"] for info in fs.ls(path, detail=True) if info.get("type") == "file"]
+    return sorted(_to_uri(uri, path, n) for n in names)
+
+
+def _to_uri(base_uri: str, base_path: str, name: str) -> str:
+    rel = posixpath.relpath(name, base_path) if name != base_path else ""
+    return join(base_uri, rel)
+
+
+def open_binary(uri: str) -> io.BufferedIOBase:
+    fs, path = filesystem(uri)
+    return fs.open(path, "rb")
+
+
+def stage_local(uri: str, cache_dir: str) -> str:
+    """Return a local path holding ``uri``'s content (a copy for remote URIs)."""
+    if is_local(uri):
+        return local_path(uri)
+    fs, path = filesystem(uri)
+    dest = os.path.join(cache_dir, path.replace("/", "__"))
+    if not os.path.exists(dest):
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = f"{dest}.tmp-{uuid.uuid4().hex[:8]}"
+        fs.get_file(path, tmp)
+        os.replace(tmp, dest)
+    return dest

@@ -1,0 +1,29 @@
+"""Shared fixtures: the real samples beside the project, synthetic data, image factories."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (real upstream samples); tests using it skip when it is absent."""
+    if not (SHARED_DATA / "ieee8023-2020-04" / "metadata.csv").exists():
+        pytest.skip(f"real samples not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from covid_pipeline.synth import make_synthetic
+
+    root = tmp_path_factory.mktemp("synth")
+    make_synthetic(str(root), covid_patients=8, normals=16, size=160, seed=1)
+    return root

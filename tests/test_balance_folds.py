@@ -1,0 +1,83 @@
+"""Balancing and patient-grouped stratified folds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from covid_pipeline.balance import balance
+from covid_pipeline.folds import assign_folds
+from covid_pipeline.manifest import LABEL_NAMES, ManifestError
+
+
+def manifest(n_pos_patients=30, per_patient=3, n_neg=40, seed=0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_pos_patients):
+        for k in range(int(rng.integers(1, per_patient + 1))):
+            rows.append({"image_id": f"c{p}-{k}", "patient_id": f"p{p}", "label": 1})
+    for i in range(n_neg):
+        rows.append({"image_id": f"n{i}", "patient_id": f"n{i}", "label": 0})
+    df = pd.DataFrame(rows)
+    df["label_name"] = df["label"].map(LABEL_NAMES)
+    return df
+
+
+def test_undersample_keeps_equal_counts_seeded_and_reports_dropped():
+    df = manifest()
+    n_pos = int((df.label == 1).sum())
+    out, rep = balance(df, "undersample", seed=3)
+    assert rep.kept == {"normal": 40, "COVID-19": 40}
+    assert rep.dropped == {"normal": 0, "COVID-19": n_pos - 40}
+    again, _ = balance(df.sample(frac=1, random_state=1), "undersample", seed=3)
+    assert list(out.image_id) == list(again.image_id)
+    other, _ = balance(df, "undersample", seed=4)
+    assert list(out.image_id) != list(other.image_id)
+
+
+def test_none_and_class_weight_keep_everything():
+    df = manifest()
+    out, rep = balance(df, "none")
+    assert len(out) == len(df) and rep.class_weight is None
+    out, rep = balance(df, "class-weight")
+    n0, n1 = (df.label == 0).sum(), (df.label == 1).sum()
+    assert rep.class_weight[0] == pytest.approx(len(df) / (2 * n0))
+    assert rep.class_weight[1] == pytest.approx(len(df) / (2 * n1))
+
+
+def test_one_class_only_is_a_clear_error():
+    df = manifest()
+    with pytest.raises(ManifestError, match="no normal images"):
+        balance(df[df.label == 1])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_patient_grouped_folds_never_share_a_patient_and_are_stratified(seed):
+    df = manifest(seed=seed)
+    out = assign_folds(df, 5, "patient", seed)
+    assert out.groupby("patient_id")["fold"].nunique().max() == 1
+    assert sorted(out["fold"].unique()) == [0, 1, 2, 3, 4]
+    for _, part in out.groupby("fold"):
+        assert set(part["label"]) == {0, 1}
+
+
+def test_image_level_folds_reproduce_the_study_and_leak_patients():
+    df = manifest(per_patient=5)
+    out = assign_folds(df, 5, "none", 0)
+    counts = out.groupby("fold").size()
+    assert counts.max() - counts.min() <= 1
+    assert out.groupby("patient_id")["fold"].nunique().max() > 1
+
+
+def test_folds_are_deterministic():
+    df = manifest()
+    a = assign_folds(df, 5, "patient", 7)
+    b = assign_folds(df.sample(frac=1, random_state=2), 5, "patient", 7)
+    assert a.set_index("image_id")["fold"].equals(b.set_index("image_id")["fold"])
+
+
+def test_fewer_patients_than_folds_fails_clearly():
+    df = manifest(n_pos_patients=3, per_patient=4)
+    with pytest.raises(ManifestError, match="COVID-19 has 3 patients, fewer than --folds 5"):
+        assign_folds(df, 5, "patient")

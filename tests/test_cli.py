@@ -1,0 +1,50 @@
+"""The command line: fast start, one-line errors, synthetic data."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from covid_pipeline.cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "covid_pipeline.cli", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_help_does_not_import_tensorflow_or_prefect():
+    code = ("import sys; from covid_pipeline.cli import build_parser; build_parser(); "
+            "print('tensorflow' in sys.modules, 'prefect' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False False"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["ingest", "--source", "bogus=/x", "--out", "/tmp/x"], "unknown kind 'bogus'"),
+        (["ingest", "--out", "/tmp/x"], "no --source given"),
+        (["ingest", "--source", "ieee8023=/nonexistent", "--out", "/tmp/x"],
+         "/nonexistent/metadata.csv: file not found"),
+        (["ingest", "--source", "ieee8023=/x", "--folds", "1", "--out", "/tmp/x"],
+         "--folds 1: need at least 2 folds"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, needle):
+    proc = run_cli(*args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_synth_data_then_ingest(tmp_path, capsys):
+    assert main(["synth-data", str(tmp_path / "d"), "--patients", "5", "--normals", "10"]) == 0
+    assert main(["ingest", "--source", f"ieee8023={tmp_path / 'd' / 'ieee8023'}",
+                 "--source", f"rsna={tmp_path / 'd' / 'rsna'}", "--folds", "3",
+                 "--image-size", "96", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "ieee8023: COVID-19 10" in out and "rsna: normal 10" in out
+    assert "excluded by filters (ieee8023): finding:SARS 1, modality:CT 1, view:L 1" in out

@@ -1,0 +1,90 @@
+"""Dataset versions: Parquet and TFRecord round trips, and version stability."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from covid_pipeline import imaging, storage
+from covid_pipeline.dataset import DataSettings, prepare
+from covid_pipeline.shards import read_parquet, tfrecord_dataset
+from covid_pipeline.sources import SourceSpec
+from covid_pipeline.synth import chest_image
+
+SETTINGS = DataSettings(folds=3, image_size=128)
+
+
+def specs(root) -> list[SourceSpec]:
+    return [SourceSpec("ieee8023", str(root / "ieee8023")), SourceSpec("rsna", str(root / "rsna"))]
+
+
+@pytest.fixture(scope="module")
+def dataset(synth_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    info, report = prepare(specs(synth_root), str(out), SETTINGS)
+    return info, report, out
+
+
+def test_layout_and_report(dataset):
+    info, report, _ = dataset
+    meta = storage.read_json(storage.join(info.uri, "dataset.json"))
+    assert meta["version"] == info.version and meta["n_folds"] == 3
+    assert meta["counts"]["final"] == {"COVID-19": 16, "normal": 16}
+    assert report["balance"]["dropped"] == {"COVID-19": 0, "normal": 0}
+    for rel, digest in meta["files"].items():
+        assert hashlib.sha256(storage.read_bytes(storage.join(info.uri, rel))).hexdigest() == digest
+    m = read_parquet(info.manifest_uri)
+    assert {"image_id", "patient_id", "label", "label_name", "source", "view", "sex", "age",
+            "uri", "sha256", "width", "height", "fold"} <= set(m.columns)
+
+
+def test_parquet_and_tfrecord_give_the_same_pixels_and_labels(dataset):
+    info, _, out = dataset
+    manifest = read_parquet(info.manifest_uri).set_index("image_id")
+    for k in range(info.n_folds):
+        pq_rows = read_parquet(info.images_uri(k))
+        tf_rows = list(tfrecord_dataset(info.tfrecord_uri(k)).as_numpy_iterator())
+        assert len(pq_rows) == len(tf_rows) == int((manifest["fold"] == k).sum())
+        for row, ex in zip(pq_rows.to_dict("records"), tf_rows, strict=True):
+            image_id = ex["image_id"].decode()
+            assert row["image_id"] == image_id
+            assert row["label"] == ex["label"] == manifest.loc[image_id, "label"]
+            assert ex["fold"] == k
+            pq_pixels = imaging.decode_png(row["png"])
+            assert pq_pixels.shape == (128, 128)
+            np.testing.assert_array_equal(pq_pixels, ex["image"][..., 0])
+
+
+def test_same_inputs_same_version_and_changes_make_new_versions(synth_root, tmp_path, dataset):
+    info, _, _ = dataset
+    root = tmp_path / "copy"
+    shutil.copytree(synth_root, root)
+    same, _ = prepare(specs(root), str(tmp_path / "o1"), SETTINGS)
+    assert same.version == info.version
+
+    other_settings, _ = prepare(specs(root), str(tmp_path / "o1"),
+                                DataSettings(folds=3, image_size=96))
+    assert other_settings.version != info.version
+
+    image = root / "ieee8023" / "images" / "covid-100-0.png"
+    image.write_bytes(imaging.encode_png(chest_image(np.random.default_rng(9), (200, 200), True)))
+    changed, _ = prepare(specs(root), str(tmp_path / "o1"), SETTINGS)
+    assert changed.version not in (info.version,)
+
+    image.unlink()
+    removed, _ = prepare(specs(root), str(tmp_path / "o1"), SETTINGS)
+    assert len({info.version, changed.version, removed.version}) == 3
+
+
+def test_complete_version_is_reused_not_rewritten(synth_root, tmp_path):
+    first, _ = prepare(specs(synth_root), str(tmp_path), SETTINGS)
+    marker = storage.join(first.uri, "dataset.json")
+    before = storage.read_bytes(marker)
+    mtime = os.stat(marker).st_mtime_ns
+    again, _ = prepare(specs(synth_root), str(tmp_path), SETTINGS)
+    assert again == first and os.stat(marker).st_mtime_ns == mtime
+    assert storage.read_bytes(marker) == before
