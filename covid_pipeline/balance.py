@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from covid_pipeline.manifest import LABEL_NAMES, ManifestError
+from covid_pipeline.errors import ManifestError
+from covid_pipeline.manifest import LABEL_NAMES
 
 STRATEGIES = ("undersample", "none", "class-weight")
 

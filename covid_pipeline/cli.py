@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from covid_pipeline.manifest import ManifestError
+    from covid_pipeline.errors import ManifestError
     from covid_pipeline.storage import StorageError
 
     return (ManifestError, StorageError, FileNotFoundError, PermissionError)
@@ -32,7 +32,7 @@ def add_data_options(p: argparse.ArgumentParser, *, defaults: bool = True) -> No
     p.add_argument("--seed", type=int, default=42 if defaults else None)
     p.add_argument("--image-size", type=int, default=512 if defaults else None,
                    help="canonical resolution of the normalised images (px)")
-    p.add_argument("--views", default=None,
+    p.add_argument("--view-filter", default=None,
                    help="ieee8023 views to keep, comma-separated (default: frontal views)")
     p.add_argument("--no-finding-as-normal", action="store_true",
                    help="ieee8023 rows with finding 'No Finding' become normals")
@@ -40,8 +40,8 @@ def add_data_options(p: argparse.ArgumentParser, *, defaults: bool = True) -> No
 
 def source_options(args: argparse.Namespace) -> dict[str, dict]:
     ieee: dict = {}
-    if args.views:
-        ieee["views"] = [v.strip() for v in args.views.split(",") if v.strip()]
+    if args.view_filter:
+        ieee["views"] = [v.strip() for v in args.view_filter.split(",") if v.strip()]
     if args.no_finding_as_normal:
         ieee["no_finding_as_normal"] = True
     return {"ieee8023": ieee} if ieee else {}
@@ -93,6 +93,115 @@ def cmd_synth_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_run_options(p: argparse.ArgumentParser, out_default: str | None = None) -> None:
+    p.add_argument("--preset", default=None, help="a preset name (see `models --presets`)")
+    p.add_argument("--config", default=None, help="a YAML config file (keys as in presets)")
+    p.add_argument("--models", default=None, help="comma-separated model names")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--mode", choices=["online", "cached"], default=None,
+                   help="online: the study's procedure; cached: backbone features per view")
+    p.add_argument("--views", type=int, default=None, dest="feature_views",
+                   help="cached mode: augmented views per image (default: = epochs)")
+    p.add_argument("--weights", default=None, help="imagenet (default), none, or a folder/file")
+    p.add_argument("--cluster", default="local",
+                   help="local, cuda, or a Dask scheduler address (tcp://host:8786)")
+    p.add_argument("--workers", type=int, default=None, help="local cluster: worker processes")
+    p.add_argument("--out", required=out_default is None, default=out_default,
+                   help="output folder or s3:// URI")
+
+
+def run_benchmark(args: argparse.Namespace, sources: list[str], preset: str) -> dict:
+    """Validate everything cheap first, then start Prefect and run the flow."""
+    from covid_pipeline.config import resolve_config
+    from covid_pipeline.sources import parse_source
+
+    models = [m.strip() for m in args.models.split(",")] if args.models else None
+    overrides = dict(models=models, folds=args.folds, epochs=args.epochs, weights=args.weights,
+                     balance=args.balance, group_by=args.group_by, seed=args.seed,
+                     mode=args.mode, views=args.feature_views)
+    resolve_config(preset=preset, config_file=args.config, **overrides)
+    for s in sources:
+        parse_source(s)
+    from flows.benchmark import covid_benchmark
+
+    return covid_benchmark(
+        sources=sources, out=args.out, preset=preset, config_file=args.config,
+        models=models, folds=args.folds, epochs=args.epochs, weights_source=args.weights,
+        balance=args.balance, group_by=args.group_by, seed=args.seed, mode=args.mode,
+        views=args.feature_views, cluster=args.cluster, workers=args.workers,
+        source_options=source_options(args),
+    )
+
+
+def print_result(result: dict) -> None:
+    from covid_pipeline import storage
+
+    print(f"dataset version: {result['dataset_version']}  config: {result['config_hash']}")
+    print(f"fold results reused from earlier runs: {result['reused']}")
+    for model, why in result["failures"].items():
+        print(f"FAILED {model}: {why}")
+    print(storage.read_text(result["leaderboard"]["md"]))
+    print("leaderboard: " + ", ".join(result["leaderboard"].values()))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if not args.source:
+        from covid_pipeline.errors import ManifestError
+
+        raise ManifestError("no --source given; add e.g. --source ieee8023=/data/covid")
+    result = run_benchmark(args, args.source, args.preset or "paper")
+    print_result(result)
+    return 1 if result["failures"] else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from covid_pipeline import storage
+    from covid_pipeline.synth import make_synthetic
+
+    data = make_synthetic(storage.join(args.out, "synthetic-data"), covid_patients=12,
+                          normals=24, size=192, seed=0)
+    print(f"synthetic data: {data.root} ({data.covid_images} COVID-19 images of "
+          f"{data.covid_patients} patients, {data.normal_images} normal DICOMs)")
+    if args.weights is None:
+        args.weights = "none"
+        print("weights: none (random backbones; pass --weights imagenet to use cached ones)")
+    result = run_benchmark(args, [f"ieee8023={data.ieee8023}", f"rsna={data.rsna}"],
+                           args.preset or "smoke")
+    print_result(result)
+    return 1 if result["failures"] else 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from covid_pipeline import zoo
+    from covid_pipeline.config import load_preset, preset_names
+
+    if args.presets:
+        for name in preset_names():
+            cfg = load_preset(name)
+            print(f"{name}: {len(cfg.models)} models, {cfg.folds} folds, {cfg.epochs} epochs")
+        return 0
+    names = set(load_preset(args.preset).models) if args.preset else None
+    print(f"{'model':<20} {'family':<14} {'input':>5} {'GMACs':>7} {'paper':>5}  constructor")
+    for spec in zoo.all_models():
+        if names is None or spec.name in names:
+            print(f"{spec.name:<20} {spec.family:<14} {spec.input_size:>5} {spec.gmacs:>7.2f} "
+                  f"{'yes' if spec.paper else '':>5}  {spec.constructor}")
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from covid_pipeline import weights
+    from covid_pipeline.config import load_preset
+
+    names = ([m.strip() for m in args.models.split(",")] if args.models
+             else list(load_preset(args.preset).models))
+    if args.action == "status":
+        missing = weights.report(names, args.dir)
+        return 1 if missing else 0
+    weights.download(names, args.dir)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="covid-pipeline",
@@ -114,6 +223,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_synth_data)
 
+    p = sub.add_parser("run", help="run the benchmark flow (Prefect + Dask)")
+    add_data_options(p, defaults=False)
+    add_run_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="synthetic data + the smoke preset, no network, no GPU")
+    add_data_options(p, defaults=False)
+    add_run_options(p, out_default="covid-pipeline-demo")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("models", help="list the model table")
+    p.add_argument("--preset", default=None, help="only the models of this preset")
+    p.add_argument("--presets", action="store_true", help="list the presets instead")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("weights", help="check or fetch ImageNet weights for offline use")
+    p.add_argument("action", choices=["status", "download"])
+    p.add_argument("--preset", default="paper")
+    p.add_argument("--models", default=None, help="comma-separated model names")
+    p.add_argument("--dir", default=None, help="weights folder (default: the Keras cache)")
+    p.set_defaults(func=cmd_weights)
     return parser
 
 

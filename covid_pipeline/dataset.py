@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import asdict, dataclass, field
 
-from covid_pipeline import imaging
+import pandas as pd
+
+from covid_pipeline import imaging, storage
 from covid_pipeline.balance import STRATEGIES, balance
+from covid_pipeline.errors import ManifestError
 from covid_pipeline.folds import GROUPINGS, assign_folds
 from covid_pipeline.ingest import IngestResult, ingest
-from covid_pipeline.manifest import ManifestError
-from covid_pipeline.shards import DatasetInfo, write_dataset
+from covid_pipeline.shards import (
+    DatasetInfo,
+    parquet_bytes,
+    read_parquet,
+    write_dataset,
+    write_parquet,
+)
 from covid_pipeline.sources import SourceSpec
 
 log = logging.getLogger(__name__)
@@ -50,16 +60,52 @@ def report_of(result: IngestResult) -> dict:
     }
 
 
+def _stage(out: str, manifest: pd.DataFrame, quarantine: pd.DataFrame, report: dict,
+           step: str) -> str:
+    """Write an intermediate step under ``<out>/staging/<content-hash>/``; return its URI."""
+    digest = hashlib.sha256(parquet_bytes(manifest) + json.dumps(report, sort_keys=True,
+                                                                 default=str).encode())
+    uri = storage.join(out, "staging", f"{step}-{digest.hexdigest()[:16]}")
+    write_parquet(storage.join(uri, "manifest.parquet"), manifest)
+    write_parquet(storage.join(uri, "quarantine.parquet"), quarantine)
+    storage.write_json(storage.join(uri, "report.json"), report)
+    return uri
+
+
+def _unstage(uri: str) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    return (read_parquet(storage.join(uri, "manifest.parquet")),
+            read_parquet(storage.join(uri, "quarantine.parquet")),
+            storage.read_json(storage.join(uri, "report.json")))
+
+
+def ingest_step(specs: list[SourceSpec], out: str, settings: DataSettings) -> str:
+    """Ingest every source; stage manifest, quarantine and report; return the staging URI."""
+    settings.validate()
+    result = ingest(specs, out, image_size=settings.image_size, options=settings.source_options)
+    report = report_of(result)
+    report["sources"] = [str(s) for s in specs]
+    return _stage(out, result.manifest, result.quarantine, report, "ingest")
+
+
+def balance_folds_step(staged: str, out: str, settings: DataSettings) -> str:
+    """Balance and assign folds to a staged manifest; return the new staging URI."""
+    manifest, quarantine, report = _unstage(staged)
+    balanced, breport = balance(manifest, settings.balance, settings.seed)
+    folded = assign_folds(balanced, settings.folds, settings.group_by, settings.seed)
+    report["balance"] = breport.as_dict()
+    return _stage(out, folded, quarantine, report, "folds")
+
+
+def shard_step(staged: str, out: str, settings: DataSettings) -> tuple[DatasetInfo, dict]:
+    """Write the dataset version of a balanced, folded staged manifest."""
+    manifest, quarantine, report = _unstage(staged)
+    return write_dataset(manifest, quarantine, out, settings.as_dict(), report), report
+
+
 def prepare(specs: list[SourceSpec], out: str, settings: DataSettings) -> tuple[
     DatasetInfo, dict
 ]:
     """Ingest the sources, balance, assign folds and write the dataset version."""
-    settings.validate()
-    result = ingest(specs, out, image_size=settings.image_size, options=settings.source_options)
-    report = report_of(result)
-    balanced, breport = balance(result.manifest, settings.balance, settings.seed)
-    folded = assign_folds(balanced, settings.folds, settings.group_by, settings.seed)
-    report["balance"] = breport.as_dict()
-    report["sources"] = [str(s) for s in specs]
-    info = write_dataset(folded, result.quarantine, out, settings.as_dict(), report)
-    return info, report
+    staged = ingest_step(specs, out, settings)
+    staged = balance_folds_step(staged, out, settings)
+    return shard_step(staged, out, settings)

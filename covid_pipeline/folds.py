@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from covid_pipeline.manifest import LABEL_NAMES, ManifestError
+from covid_pipeline.errors import ManifestError
+from covid_pipeline.manifest import LABEL_NAMES
 
 GROUPINGS = ("patient", "none")
 

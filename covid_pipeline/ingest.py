@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from covid_pipeline import imaging, storage
+from covid_pipeline.errors import ManifestError
 from covid_pipeline.manifest import (
     LABEL_NAMES,
     Candidate,
-    ManifestError,
     Rejected,
     manifest_frame,
     quarantine_frame,

@@ -26,10 +26,6 @@ MANIFEST_COLUMNS = [
 QUARANTINE_COLUMNS = ["source", "image_id", "uri", "reason", "detail"]
 
 
-class ManifestError(ValueError):
-    """Bad input that stops ingestion: the message names the file and the fix."""
-
-
 @dataclass
 class Candidate:
     """A metadata row that passed the protocol filters and names an image file."""

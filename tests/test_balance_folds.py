@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 
 from covid_pipeline.balance import balance
+from covid_pipeline.errors import ManifestError
 from covid_pipeline.folds import assign_folds
-from covid_pipeline.manifest import LABEL_NAMES, ManifestError
+from covid_pipeline.manifest import LABEL_NAMES
 
 
 def manifest(n_pos_patients=30, per_patient=3, n_neg=40, seed=0) -> pd.DataFrame:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from imagefiles import grey, png_bytes
 
-from covid_pipeline.manifest import COVID, NORMAL, ManifestError
+from covid_pipeline.errors import ManifestError
+from covid_pipeline.manifest import COVID, NORMAL
 from covid_pipeline.sources import folder, ieee8023, parse_source, rsna
 from covid_pipeline.synth import dicom_bytes
 

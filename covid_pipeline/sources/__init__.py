@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from covid_pipeline.manifest import ManifestError, SourceScan
+from covid_pipeline.errors import ManifestError
+from covid_pipeline.manifest import SourceScan
 from covid_pipeline.sources import folder, ieee8023, rsna
 
 SourceOptions = dict

@@ -9,7 +9,7 @@ import posixpath
 import pandas as pd
 
 from covid_pipeline import storage
-from covid_pipeline.manifest import ManifestError
+from covid_pipeline.errors import ManifestError
 
 
 def read_csv(uri: str) -> pd.DataFrame:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import posixpath
 
 from covid_pipeline import storage
-from covid_pipeline.manifest import COVID, NORMAL, Candidate, ManifestError, Rejected, SourceScan
+from covid_pipeline.errors import ManifestError
+from covid_pipeline.manifest import COVID, NORMAL, Candidate, Rejected, SourceScan
 from covid_pipeline.sources.common import safe_child
 
 NAME = "folder"

@@ -1,0 +1,81 @@
+"""Which Dask cluster runs the training tasks: configuration, not code.
+
+``--cluster`` takes ``local`` (a LocalCluster of worker processes sized to the machine),
+``cuda`` (dask-cuda's LocalCUDACluster, one worker per GPU, each advertising ``GPU=1``),
+or a scheduler address (``tcp://host:8786``, ``tls://…``) of an existing cluster: dask-cuda
+workers, the Dask Kubernetes operator or dask-jobqueue (Slurm) all end up as one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from typing import Any
+
+from covid_pipeline.errors import ManifestError
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """Arguments for a DaskTaskRunner: either an address or a cluster class + kwargs."""
+
+    address: str | None = None
+    cluster_class: str | None = None
+    cluster_kwargs: dict[str, Any] = field(default_factory=dict)
+    gpus: int = 0
+
+    def runner_kwargs(self) -> dict[str, Any]:
+        if self.address:
+            return {"address": self.address}
+        return {"cluster_class": self.cluster_class, "cluster_kwargs": dict(self.cluster_kwargs)}
+
+
+def local_gpu_count() -> int:
+    """GPUs visible to this machine (nvidia-smi), without importing TensorFlow."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    if not shutil.which("nvidia-smi"):
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+
+
+def resolve(cluster: str, n_tasks: int, workers: int | None = None) -> ClusterSpec:
+    """Turn a ``--cluster`` value into a :class:`ClusterSpec`."""
+    cluster = (cluster or "local").strip()
+    if "://" in cluster:
+        return ClusterSpec(address=cluster)
+    if cluster == "cuda":
+        gpus = local_gpu_count()
+        if gpus == 0:
+            raise ManifestError("--cluster cuda: no GPU found; use --cluster local")
+        kwargs = {"resources": {"GPU": 1}, "threads_per_worker": 1}
+        return ClusterSpec(cluster_class="dask_cuda.LocalCUDACluster", cluster_kwargs=kwargs,
+                           gpus=gpus)
+    if cluster != "local":
+        raise ManifestError(
+            f"--cluster {cluster!r}: use local, cuda, or a scheduler address like tcp://host:8786"
+        )
+    gpus = min(local_gpu_count(), 1)  # several GPUs: use --cluster cuda (one worker per GPU)
+    n = 1 if gpus else workers or max(1, min(n_tasks, os.cpu_count() or 1))
+    kwargs: dict[str, Any] = {"n_workers": n, "threads_per_worker": 1, "processes": True,
+                              "dashboard_address": None}
+    if gpus:
+        kwargs["resources"] = {"GPU": 1}
+    return ClusterSpec(cluster_class="distributed.LocalCluster", cluster_kwargs=kwargs,
+                       gpus=gpus)
+
+
+def scheduler_gpus(address: str) -> int:
+    """GPU resources advertised by the workers of an existing scheduler."""
+    from distributed import Client
+
+    with Client(address, timeout="20s") as client:
+        info = client.scheduler_info()
+    return int(sum(w.get("resources", {}).get("GPU", 0) for w in info["workers"].values()))

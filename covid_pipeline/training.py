@@ -1,0 +1,213 @@
+"""Training and evaluation of one (model, fold): frozen backbone + the study's head.
+
+Returns plain values (metrics, timing, the URI of the per-image predictions), never a Keras
+object. A finished fold's result file is reused: an interrupted run redoes only what is
+missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from covid_pipeline import storage, zoo
+from covid_pipeline.augment import model_inputs, view_angles
+from covid_pipeline.config import BenchmarkConfig
+from covid_pipeline.metrics import fold_metrics
+from covid_pipeline.shards import DatasetInfo, load_dataset, parquet_bytes, tfrecord_dataset
+from covid_pipeline.weights import backbone_weights
+
+log = logging.getLogger(__name__)
+
+RESULT_FORMAT = 1
+
+
+@dataclass
+class Split:
+    """The images of some folds, in memory: uint8 [N, S, S, 1] (None if unneeded), keys."""
+
+    images: np.ndarray | None
+    labels: np.ndarray
+    image_ids: list[str]
+    shas: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def configure_tensorflow() -> None:
+    """Memory growth on every GPU (a worker keeps its GPU memory for life otherwise)."""
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        with contextlib.suppress(RuntimeError):  # already initialised in this process
+            tf.config.experimental.set_memory_growth(gpu, True)
+
+
+def results_root(out: str, version: str, cfg: BenchmarkConfig) -> str:
+    return storage.join(out, "results", version, cfg.config_hash())
+
+
+def fold_result_uri(out: str, version: str, cfg: BenchmarkConfig, model: str, fold: int) -> str:
+    return storage.join(results_root(out, version, cfg), model, f"fold-{fold}.json")
+
+
+def load_split(info: DatasetInfo, folds: list[int]) -> Split:
+    """Read the TFRecord shards of ``folds`` through tf.data (staged locally if remote)."""
+    cache = os.environ.get("COVID_PIPELINE_CACHE", os.path.join(tempfile.gettempdir(),
+                                                                 "covid-pipeline-cache"))
+    images, labels, ids, shas = [], [], [], []
+    for k in folds:
+        path = storage.stage_local(info.tfrecord_uri(k), os.path.join(cache, info.version))
+        for ex in tfrecord_dataset(path).as_numpy_iterator():
+            images.append(ex["image"])
+            labels.append(int(ex["label"]))
+            ids.append(ex["image_id"].decode())
+            shas.append(ex["sha256"].decode())
+    if not images:
+        return Split(np.zeros((0, info.image_size, info.image_size, 1), np.uint8),
+                     np.zeros(0, np.int64), [], [])
+    return Split(np.stack(images), np.array(labels, np.int64), ids, shas)
+
+
+def build_head(cfg: BenchmarkConfig):
+    """Dense(units, ReLU) → Dropout → Dense(2, softmax), every random part seeded."""
+    import keras
+
+    seed = cfg.seed
+    return keras.Sequential(
+        [
+            keras.layers.Dense(cfg.head_units, activation="relu", name="head_dense",
+                               kernel_initializer=keras.initializers.GlorotUniform(seed=seed)),
+            keras.layers.Dropout(cfg.dropout, seed=seed + 1, name="head_dropout"),
+            keras.layers.Dense(2, activation="softmax", name="head_out",
+                               kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 2)),
+        ],
+        name="head",
+    )
+
+
+def compile_model(model, cfg: BenchmarkConfig) -> None:
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
+                  loss="sparse_categorical_crossentropy", jit_compile=False)
+
+
+def epoch_order(cfg: BenchmarkConfig, fold: int, epoch: int, n: int) -> np.ndarray:
+    """The seeded batch order of an epoch (the same in every training path)."""
+    return np.random.default_rng([cfg.seed, fold, epoch]).permutation(n)
+
+
+def class_weights(cfg: BenchmarkConfig, labels: np.ndarray) -> dict[int, float] | None:
+    if cfg.balance != "class-weight" or len(labels) == 0:
+        return None
+    counts = np.bincount(labels, minlength=2)
+    return {k: float(len(labels) / (2 * max(counts[k], 1))) for k in (0, 1)}
+
+
+def train_online(info: DatasetInfo, model_name: str, fold: int, cfg: BenchmarkConfig
+                 ) -> tuple[Split, np.ndarray, dict[str, Any]]:
+    """The study's procedure: rotated images through the frozen backbone every epoch."""
+    import keras
+    import tensorflow as tf
+
+    spec = zoo.get(model_name)
+    size = cfg.input_size or spec.input_size
+    preprocess = zoo.preprocess_fn(spec)
+    train = load_split(info, [k for k in range(info.n_folds) if k != fold])
+    test = load_split(info, [fold])
+    keras.utils.set_random_seed(cfg.seed)
+    backbone = zoo.build_backbone(spec, backbone_weights(spec, cfg), input_size=size)
+    backbone.trainable = False
+    head = build_head(cfg)
+    inputs = keras.Input((size, size, 3))
+    model = keras.Model(inputs, head(backbone(inputs, training=False)))
+    compile_model(model, cfg)
+    weights = class_weights(cfg, train.labels)
+
+    t0 = time.perf_counter()
+    passes = 0
+    for epoch in range(cfg.epochs):
+        angles = view_angles(cfg.seed, train.shas, epoch + 1, cfg.rotation_degrees)
+        order = epoch_order(cfg, fold, epoch, len(train))
+        for start in range(0, len(order), cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            x = model_inputs(tf.constant(train.images[idx]), angles[idx], size, preprocess)
+            model.train_on_batch(x, train.labels[idx], class_weight=weights)
+            passes += len(idx)
+    train_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    probs = []
+    zeros = np.zeros(len(test), np.float32)
+    for start in range(0, len(test), cfg.extract_batch_size):
+        sl = slice(start, start + cfg.extract_batch_size)
+        x = model_inputs(tf.constant(test.images[sl]), zeros[sl], size, preprocess)
+        probs.append(np.asarray(model(x, training=False))[:, 1])
+    passes += len(test)
+    prob = np.concatenate(probs) if probs else np.zeros(0, np.float32)
+    timing = {"train_seconds": train_s, "predict_seconds": time.perf_counter() - t0,
+              "backbone_passes": passes}
+    return test, prob, timing
+
+
+def train_fold(dataset_uri: str, model_name: str, fold: int, cfg: BenchmarkConfig,
+               out: str) -> dict[str, Any]:
+    """Train and evaluate ``model_name`` on ``fold``; return (and store) its result record."""
+    info = load_dataset(dataset_uri)
+    uri = fold_result_uri(out, info.version, cfg, model_name, fold)
+    if storage.exists(uri):
+        record = storage.read_json(uri)
+        if record.get("format") == RESULT_FORMAT and record.get("status") == "ok":
+            record["reused"] = True
+            return record
+    configure_tensorflow()
+    import keras
+
+    started = time.time()
+    try:
+        if cfg.mode == "cached":
+            from covid_pipeline.features import train_cached
+
+            test, prob, timing = train_cached(info, model_name, fold, cfg, out)
+        else:
+            test, prob, timing = train_online(info, model_name, fold, cfg)
+    finally:
+        keras.backend.clear_session()
+    pred_uri = storage.join(results_root(out, info.version, cfg), model_name,
+                            f"fold-{fold}.predictions.parquet")
+    storage.write_bytes(pred_uri, parquet_bytes(pd.DataFrame({
+        "image_id": test.image_ids, "sha256": test.shas, "label": test.labels,
+        "prob_covid": prob.astype(np.float64), "fold": fold, "model": model_name,
+    })))
+    record = {
+        "format": RESULT_FORMAT,
+        "status": "ok",
+        "model": model_name,
+        "fold": fold,
+        "dataset_version": info.version,
+        "config_hash": cfg.config_hash(),
+        "metrics": fold_metrics(test.labels, prob),
+        "n_test": len(test),
+        "test_image_ids_sha256": _ids_digest(test.image_ids),
+        "predictions_uri": pred_uri,
+        "timing": {**timing, "wall_seconds": time.time() - started},
+        "reused": False,
+    }
+    storage.write_json(uri, record)
+    return record
+
+
+def _ids_digest(ids: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]

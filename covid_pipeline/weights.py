@@ -1,0 +1,89 @@
+"""ImageNet weights: where they come from, and a preflight before any training starts.
+
+``--weights imagenet`` uses the Keras cache (``$KERAS_HOME/models``), ``--weights none``
+random backbones, and ``--weights FOLDER`` a folder of the same files (copied from a
+connected machine after ``covid-pipeline weights download``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from covid_pipeline import zoo
+from covid_pipeline.config import BenchmarkConfig
+from covid_pipeline.errors import ManifestError
+
+WEIGHTS_HOST = "storage.googleapis.com"
+
+
+def uses_random(weights: str | None) -> bool:
+    return weights is None or str(weights).strip().lower() in ("", "none", "random", "null")
+
+
+def folder_of(weights: str) -> str | None:
+    return weights if weights.lower() != "imagenet" and os.path.isdir(weights) else None
+
+
+def backbone_weights(spec: zoo.ModelSpec, cfg: BenchmarkConfig) -> str | None:
+    """The ``weights`` argument for :func:`zoo.build_backbone` for one model."""
+    if uses_random(cfg.weights):
+        return None
+    folder = folder_of(cfg.weights)
+    if folder:
+        return str(Path(folder) / zoo.weights_ref(spec, cfg.input_size)[0])
+    return cfg.weights
+
+
+def network_reachable(host: str = WEIGHTS_HOST, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def missing(cfg: BenchmarkConfig) -> dict[str, str]:
+    """Models whose weights file is absent, with the file name Keras expects."""
+    if uses_random(cfg.weights):
+        return {}
+    folder = folder_of(cfg.weights)
+    if cfg.weights.lower() != "imagenet" and folder is None and not os.path.isfile(cfg.weights):
+        raise ManifestError(f"--weights {cfg.weights!r}: not imagenet, none, or an existing folder")
+    if os.path.isfile(cfg.weights):
+        return {}
+    status = zoo.weights_status(cfg.models, folder, cfg.input_size)
+    return {m: zoo.weights_ref(zoo.get(m), cfg.input_size)[0] for m, p in status.items()
+            if p is None}
+
+
+def preflight(cfg: BenchmarkConfig) -> None:
+    """Stop early, with one message, when weights are missing and cannot be fetched."""
+    absent = missing(cfg)
+    if not absent:
+        return
+    if cfg.weights.lower() == "imagenet" and network_reachable():
+        zoo.download_weights(list(absent), None, cfg.input_size)
+        return
+    where = folder_of(cfg.weights) or str(zoo.keras_models_dir())
+    raise ManifestError(
+        f"ImageNet weights missing from {where} and {WEIGHTS_HOST} is unreachable: "
+        f"{', '.join(sorted(set(absent.values())))}; on a connected machine run "
+        f"`covid-pipeline weights download --models {','.join(sorted(absent))}` and copy "
+        f"its Keras cache folder here (or pass --weights FOLDER, or --weights none)"
+    )
+
+
+def report(names: list[str], folder: str | None = None, input_size: int | None = None
+           ) -> list[str]:
+    """Print each model's weights status; return the names of the missing ones."""
+    status = zoo.weights_status(names, folder, input_size)
+    for name, path in status.items():
+        print(f"{name:<20} {path if path else 'MISSING ' + zoo.weights_ref(zoo.get(name))[0]}")
+    return [n for n, p in status.items() if p is None]
+
+
+def download(names: list[str], folder: str | None = None) -> None:
+    for name, path in zoo.download_weights(names, folder).items():
+        print(f"{name:<20} {path}")

@@ -1,0 +1,1 @@
+"""Prefect flows composing the tasks: the benchmark and the dataset watcher."""

@@ -1,0 +1,196 @@
+"""The benchmark flow: data path → models × folds on Dask → leaderboard.
+
+``covid-benchmark`` runs the data path in its own process, then a ``train-models`` subflow
+whose task runner is a DaskTaskRunner built from the ``cluster`` parameter (so a deployment
+chooses its cluster by parameter), then aggregation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Any
+
+import dask
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.futures import as_completed
+from prefect_dask import DaskTaskRunner
+
+from covid_pipeline import cluster as clusters
+from covid_pipeline import storage, weights, zoo
+from covid_pipeline.config import BenchmarkConfig, resolve_config
+from covid_pipeline.dataset import DataSettings
+from covid_pipeline.features import needed_views
+from covid_pipeline.leaderboard import LeaderboardContext
+from covid_pipeline.sources import parse_source
+from covid_pipeline.training import results_root
+from tasks.data import balance_and_folds, ingest_sources, write_shards
+from tasks.features import extract_features_task
+from tasks.report import aggregate
+from tasks.training import train_fold_task
+
+MAX_ERROR = 300
+
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= MAX_ERROR else text[: MAX_ERROR - 1] + "…"
+
+
+def expected_cost(model: str, cfg: BenchmarkConfig, n_images: int) -> float:
+    """Backbone GMACs a model's GPU work needs (what Dask priorities are made from)."""
+    gmacs = zoo.gmacs_at(zoo.get(model), cfg.input_size)
+    if cfg.mode == "cached":
+        return gmacs * n_images * (needed_views(cfg) + 1)
+    return gmacs * n_images * (cfg.epochs * (cfg.folds - 1) / cfg.folds + 1 / cfg.folds)
+
+
+@flow(name="train-models", log_prints=True)
+def train_models(dataset_uri: str, config: dict, out: str, n_images: int, gpu: bool = False
+                 ) -> dict:
+    """Fan out the GPU work (per model in ``cached`` mode, per fold in ``online``) and the
+    per-(model, fold) head training; a failing model yields an error entry, not a failure."""
+    logger = get_run_logger()
+    cfg = BenchmarkConfig.from_dict(config)
+    pairs = [(m, k) for m in cfg.models for k in range(cfg.folds)]
+    progress = create_progress_artifact(progress=0.0, key="training-progress",
+                                        description=f"{len(pairs)} (model, fold) tasks")
+    gpu_work = dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext()
+    costs = {m: expected_cost(m, cfg, n_images) for m in cfg.models}
+    extract = {}
+    if cfg.mode == "cached":
+        with gpu_work:
+            for model in sorted(cfg.models, key=costs.get, reverse=True):
+                with dask.annotate(priority=priority(costs[model])):
+                    extract[model] = extract_features_task.submit(dataset_uri, model, config,
+                                                                  out)
+    futures = {}
+    for model, fold in pairs:
+        if cfg.mode == "cached":
+            fut = train_fold_task.submit(dataset_uri, model, fold, config, out,
+                                         wait_for=[extract[model]])
+        else:
+            with gpu_work, dask.annotate(priority=priority(costs[model])):
+                fut = train_fold_task.submit(dataset_uri, model, fold, config, out)
+        futures[fut] = (model, fold)
+    t0 = time.perf_counter()
+    records: list[dict] = []
+    failures: dict[str, str] = {}
+    for done, fut in enumerate(as_completed(list(futures)), start=1):
+        model, fold = futures[fut]
+        try:
+            records.append(fut.result())
+        except Exception as exc:  # noqa: BLE001 - a failed model must not fail the flow
+            cause = extract_error(extract.get(model)) or one_line(exc)
+            failures.setdefault(model, f"fold {fold}: {cause}")
+            logger.error("model %s fold %s failed: %s", model, fold, cause)
+        update_progress_artifact(progress, progress=100.0 * done / len(pairs))
+    wall = time.perf_counter() - t0
+    extraction = [f.result() for f in extract.values() if f.state.is_completed()]
+    reused = sum(1 for r in records if r.get("reused"))
+    log_makespan(logger, extraction, records, wall)
+    logger.info("%d fold results, %d reused from earlier runs, %d failed models",
+                len(records), reused, len(failures))
+    return {"records": records, "failures": failures, "reused": reused,
+            "extraction": extraction, "wall_seconds": wall}
+
+
+def priority(cost: float) -> int:
+    return int(min(cost, 1e12))
+
+
+def extract_error(fut) -> str | None:
+    """The extraction task's error, when that is why a head-training task did not run."""
+    if fut is None or not fut.state.is_failed():
+        return None
+    try:
+        fut.result()
+    except Exception as exc:  # noqa: BLE001
+        return f"feature extraction: {one_line(exc)}"
+    return None
+
+
+def log_makespan(logger, extraction: list[dict], records: list[dict], wall: float) -> None:
+    """The makespan lower bound (max of total work / workers and the longest task)."""
+    tasks = [e["seconds"] for e in extraction] + [
+        r["timing"]["wall_seconds"] for r in records if not r.get("reused")]
+    if not tasks:
+        return
+    from distributed import get_client
+
+    try:
+        workers = max(1, len(get_client().scheduler_info()["workers"]))
+    except ValueError:
+        workers = 1
+    bound = max(sum(tasks) / workers, max(tasks))
+    logger.info("wall %.1fs; makespan lower bound %.1fs (%d tasks, %d workers)",
+                wall, bound, len(tasks), workers)
+
+
+@flow(name="covid-benchmark", log_prints=True)
+def covid_benchmark(
+    sources: list[str],
+    out: str,
+    preset: str = "smoke",
+    config_file: str | None = None,
+    models: list[str] | None = None,
+    folds: int | None = None,
+    epochs: int | None = None,
+    weights_source: str | None = None,
+    balance: str | None = None,
+    group_by: str | None = None,
+    seed: int | None = None,
+    mode: str | None = None,
+    views: int | None = None,
+    cluster: str = "local",
+    workers: int | None = None,
+    source_options: dict[str, dict] | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark on ``sources`` and write the leaderboard under ``out``."""
+    logger = get_run_logger()
+    cfg = resolve_config(preset=preset, config_file=config_file, models=models, folds=folds,
+                         epochs=epochs, weights=weights_source, balance=balance,
+                         group_by=group_by, seed=seed, mode=mode, views=views)
+    specs = [parse_source(s) for s in sources]  # validate before any work
+    settings = DataSettings(balance=cfg.balance, folds=cfg.folds, group_by=cfg.group_by,
+                            seed=cfg.seed, image_size=cfg.image_size,
+                            source_options=source_options or {})
+    settings.validate()
+    spec = clusters.resolve(cluster, len(cfg.models) * cfg.folds, workers)
+    weights.preflight(cfg)
+
+    data = settings.as_dict()
+    staged = ingest_sources([str(s) for s in specs], out, data)
+    staged = balance_and_folds(staged, out, data)
+    shards = write_shards(staged, out, data)
+    dataset = shards["dataset"]
+    logger.info("dataset %s: %s", dataset["version"], dataset["counts"])
+
+    gpu = spec.gpus > 0 or (spec.address is not None and clusters.scheduler_gpus(spec.address) > 0)
+    runner = DaskTaskRunner(**spec.runner_kwargs())
+    n_images = sum(dataset["counts"].values())
+    trained = train_models.with_options(task_runner=runner)(
+        dataset["uri"], cfg.as_dict(), out, n_images, gpu
+    )
+
+    context = LeaderboardContext(
+        dataset_version=dataset["version"], group_by=cfg.group_by,
+        class_counts=dataset["counts"], config_hash=cfg.config_hash(), preset=cfg.name,
+        n_folds=cfg.folds,
+        input_sizes={m: cfg.input_size or zoo.get(m).input_size for m in cfg.models},
+    )
+    folders = [results_root(out, dataset["version"], cfg), out]
+    board = aggregate(trained["records"], trained["failures"], list(cfg.models),
+                      context.__dict__, folders)
+    logging.getLogger(__name__).debug("leaderboard at %s", board["uris"])
+    return {
+        "dataset_version": dataset["version"],
+        "config_hash": cfg.config_hash(),
+        "leaderboard": board["uris"],
+        "rows": board["rows"],
+        "reused": trained["reused"],
+        "failures": trained["failures"],
+        "results": storage.join(*folders[:1]),
+    }

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers that add names, retries and Dask resources to library calls."""

@@ -1,0 +1,26 @@
+"""Aggregation: fold records → leaderboard files and Prefect artifacts."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from covid_pipeline import leaderboard
+
+
+@task(name="aggregate", cache_policy=NO_CACHE)
+def aggregate(records: list[dict], failures: dict[str, str], models: list[str],
+              context: dict, folders: list[str]) -> dict:
+    """Write leaderboard.csv/.md/.png and publish the ``leaderboard`` artifacts."""
+    ctx = leaderboard.LeaderboardContext(**context)
+    table = leaderboard.build(records, failures, models, ctx)
+    uris = leaderboard.write(table, ctx, folders)
+    rows = table.astype(object).where(table.notna(), None).to_dict("records")
+    create_table_artifact(table=rows, key="leaderboard",
+                          description=f"Leaderboard, dataset {ctx.dataset_version}, "
+                                      f"folds by {ctx.group_by}")
+    create_markdown_artifact(markdown=leaderboard.to_markdown(table, ctx),
+                             key="leaderboard-summary",
+                             description="Leaderboard (mean ± std over folds)")
+    return {"uris": uris, "rows": rows}
