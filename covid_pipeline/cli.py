@@ -102,6 +102,8 @@ def add_run_options(p: argparse.ArgumentParser, out_default: str | None = None) 
                    help="online: the study's procedure; cached: backbone features per view")
     p.add_argument("--views", type=int, default=None, dest="feature_views",
                    help="cached mode: augmented views per image (default: = epochs)")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="run every model at this input size (default: the table's)")
     p.add_argument("--weights", default=None, help="imagenet (default), none, or a folder/file")
     p.add_argument("--cluster", default="local",
                    help="local, cuda, or a Dask scheduler address (tcp://host:8786)")
@@ -118,19 +120,23 @@ def run_benchmark(args: argparse.Namespace, sources: list[str], preset: str) -> 
     models = [m.strip() for m in args.models.split(",")] if args.models else None
     overrides = dict(models=models, folds=args.folds, epochs=args.epochs, weights=args.weights,
                      balance=args.balance, group_by=args.group_by, seed=args.seed,
-                     mode=args.mode, views=args.feature_views)
+                     mode=args.mode, views=args.feature_views, image_size=args.image_size,
+                     input_size=args.input_size)
     resolve_config(preset=preset, config_file=args.config, **overrides)
     for s in sources:
         parse_source(s)
     from flows.benchmark import covid_benchmark
+    from flows.runtime import prefect_api
 
-    return covid_benchmark(
-        sources=sources, out=args.out, preset=preset, config_file=args.config,
-        models=models, folds=args.folds, epochs=args.epochs, weights_source=args.weights,
-        balance=args.balance, group_by=args.group_by, seed=args.seed, mode=args.mode,
-        views=args.feature_views, cluster=args.cluster, workers=args.workers,
-        source_options=source_options(args),
-    )
+    with prefect_api():
+        return covid_benchmark(
+            sources=sources, out=args.out, preset=preset, config_file=args.config,
+            models=models, folds=args.folds, epochs=args.epochs, weights_source=args.weights,
+            balance=args.balance, group_by=args.group_by, seed=args.seed, mode=args.mode,
+            views=args.feature_views, image_size=args.image_size, input_size=args.input_size,
+            cluster=args.cluster, workers=args.workers,
+            source_options=source_options(args),
+        )
 
 
 def print_result(result: dict) -> None:
@@ -249,10 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
     try:
         return int(args.func(args) or 0)
     except _user_errors() as exc:

@@ -72,10 +72,18 @@ def resolve(cluster: str, n_tasks: int, workers: int | None = None) -> ClusterSp
                        gpus=gpus)
 
 
-def scheduler_gpus(address: str) -> int:
-    """GPU resources advertised by the workers of an existing scheduler."""
+def scheduler_workers(address: str) -> tuple[int, int]:
+    """(workers, GPU resources) of an existing scheduler's cluster."""
     from distributed import Client
 
     with Client(address, timeout="20s") as client:
-        info = client.scheduler_info()
-    return int(sum(w.get("resources", {}).get("GPU", 0) for w in info["workers"].values()))
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+    gpus = sum(w.get("resources", {}).get("GPU", 0) for w in workers.values())
+    return len(workers), int(gpus)
+
+
+def size(spec: ClusterSpec) -> tuple[int, int]:
+    """(workers, GPUs) the spec gives: read from the scheduler for an address."""
+    if spec.address:
+        return scheduler_workers(spec.address)
+    return int(spec.cluster_kwargs.get("n_workers", spec.gpus)), spec.gpus

@@ -48,8 +48,8 @@ def expected_cost(model: str, cfg: BenchmarkConfig, n_images: int) -> float:
 
 
 @flow(name="train-models", log_prints=True)
-def train_models(dataset_uri: str, config: dict, out: str, n_images: int, gpu: bool = False
-                 ) -> dict:
+def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_workers: int = 1,
+                 gpu: bool = False) -> dict:
     """Fan out the GPU work (per model in ``cached`` mode, per fold in ``online``) and the
     per-(model, fold) head training; a failing model yields an error entry, not a failure."""
     logger = get_run_logger()
@@ -90,7 +90,7 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, gpu: b
     wall = time.perf_counter() - t0
     extraction = [f.result() for f in extract.values() if f.state.is_completed()]
     reused = sum(1 for r in records if r.get("reused"))
-    log_makespan(logger, extraction, records, wall)
+    log_makespan(logger, extraction, records, wall, n_workers)
     logger.info("%d fold results, %d reused from earlier runs, %d failed models",
                 len(records), reused, len(failures))
     return {"records": records, "failures": failures, "reused": reused,
@@ -112,18 +112,14 @@ def extract_error(fut) -> str | None:
     return None
 
 
-def log_makespan(logger, extraction: list[dict], records: list[dict], wall: float) -> None:
+def log_makespan(logger, extraction: list[dict], records: list[dict], wall: float,
+                 workers: int) -> None:
     """The makespan lower bound (max of total work / workers and the longest task)."""
     tasks = [e["seconds"] for e in extraction] + [
         r["timing"]["wall_seconds"] for r in records if not r.get("reused")]
     if not tasks:
         return
-    from distributed import get_client
-
-    try:
-        workers = max(1, len(get_client().scheduler_info()["workers"]))
-    except ValueError:
-        workers = 1
+    workers = max(1, workers)
     bound = max(sum(tasks) / workers, max(tasks))
     logger.info("wall %.1fs; makespan lower bound %.1fs (%d tasks, %d workers)",
                 wall, bound, len(tasks), workers)
@@ -144,6 +140,8 @@ def covid_benchmark(
     seed: int | None = None,
     mode: str | None = None,
     views: int | None = None,
+    image_size: int | None = None,
+    input_size: int | None = None,
     cluster: str = "local",
     workers: int | None = None,
     source_options: dict[str, dict] | None = None,
@@ -152,7 +150,8 @@ def covid_benchmark(
     logger = get_run_logger()
     cfg = resolve_config(preset=preset, config_file=config_file, models=models, folds=folds,
                          epochs=epochs, weights=weights_source, balance=balance,
-                         group_by=group_by, seed=seed, mode=mode, views=views)
+                         group_by=group_by, seed=seed, mode=mode, views=views,
+                         image_size=image_size, input_size=input_size)
     specs = [parse_source(s) for s in sources]  # validate before any work
     settings = DataSettings(balance=cfg.balance, folds=cfg.folds, group_by=cfg.group_by,
                             seed=cfg.seed, image_size=cfg.image_size,
@@ -168,11 +167,11 @@ def covid_benchmark(
     dataset = shards["dataset"]
     logger.info("dataset %s: %s", dataset["version"], dataset["counts"])
 
-    gpu = spec.gpus > 0 or (spec.address is not None and clusters.scheduler_gpus(spec.address) > 0)
+    n_workers, n_gpus = clusters.size(spec)
     runner = DaskTaskRunner(**spec.runner_kwargs())
     n_images = sum(dataset["counts"].values())
     trained = train_models.with_options(task_runner=runner)(
-        dataset["uri"], cfg.as_dict(), out, n_images, gpu
+        dataset["uri"], cfg.as_dict(), out, n_images, n_workers, n_gpus > 0
     )
 
     context = LeaderboardContext(

@@ -27,3 +27,15 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synth")
     make_synthetic(str(root), covid_patients=8, normals=16, size=160, seed=1)
     return root
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory):
+    """One real Prefect API (a temporary server) for the session, shared with Dask workers."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    from flows.runtime import prefect_api as api
+
+    with api() as url:
+        yield url
