@@ -6,10 +6,12 @@ OUT ?= out/demo
 
 .PHONY: demo test lint install clean
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt pins the versions checked together (pip's resolver backtracks for many
+# minutes between s3fs/aiobotocore and moto/botocore without it).
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[test,s3]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,s3]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -112,19 +112,27 @@ def add_run_options(p: argparse.ArgumentParser, out_default: str | None = None) 
                    help="output folder or s3:// URI")
 
 
-def run_benchmark(args: argparse.Namespace, sources: list[str], preset: str) -> dict:
-    """Validate everything cheap first, then start Prefect and run the flow."""
+def run_overrides(args: argparse.Namespace) -> dict:
+    models = [m.strip() for m in args.models.split(",")] if args.models else None
+    return dict(models=models, folds=args.folds, epochs=args.epochs, weights=args.weights,
+                balance=args.balance, group_by=args.group_by, seed=args.seed, mode=args.mode,
+                views=args.feature_views, image_size=args.image_size, input_size=args.input_size)
+
+
+def check_run(args: argparse.Namespace, sources: list[str], preset: str) -> None:
+    """Validate every parameter (cheaply, before Prefect starts)."""
     from covid_pipeline.config import resolve_config
     from covid_pipeline.sources import parse_source
 
-    models = [m.strip() for m in args.models.split(",")] if args.models else None
-    overrides = dict(models=models, folds=args.folds, epochs=args.epochs, weights=args.weights,
-                     balance=args.balance, group_by=args.group_by, seed=args.seed,
-                     mode=args.mode, views=args.feature_views, image_size=args.image_size,
-                     input_size=args.input_size)
-    resolve_config(preset=preset, config_file=args.config, **overrides)
+    resolve_config(preset=preset, config_file=args.config, **run_overrides(args))
     for s in sources:
         parse_source(s)
+
+
+def run_benchmark(args: argparse.Namespace, sources: list[str], preset: str) -> dict:
+    """Validate everything cheap first, then start Prefect and run the flow."""
+    check_run(args, sources, preset)
+    models = run_overrides(args)["models"]
     from flows.benchmark import covid_benchmark
     from flows.runtime import prefect_api
 
@@ -164,6 +172,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from covid_pipeline import storage
     from covid_pipeline.synth import make_synthetic
 
+    check_run(args, [], args.preset or "smoke")
     data = make_synthetic(storage.join(args.out, "synthetic-data"), covid_patients=12,
                           normals=24, size=192, seed=0)
     print(f"synthetic data: {data.root} ({data.covid_images} COVID-19 images of "

@@ -58,12 +58,17 @@ def missing(cfg: BenchmarkConfig) -> dict[str, str]:
             if p is None}
 
 
-def preflight(cfg: BenchmarkConfig) -> None:
-    """Stop early, with one message, when weights are missing and cannot be fetched."""
+def preflight(cfg: BenchmarkConfig, online: bool | None = None) -> None:
+    """Stop early, with one message, when weights are missing and cannot be fetched.
+
+    ``online`` says whether the weights host can be reached (probed when None).
+    """
     absent = missing(cfg)
     if not absent:
         return
-    if cfg.weights.lower() == "imagenet" and network_reachable():
+    if online is None:
+        online = network_reachable()
+    if cfg.weights.lower() == "imagenet" and online:
         zoo.download_weights(list(absent), None, cfg.input_size)
         return
     where = folder_of(cfg.weights) or str(zoo.keras_models_dir())

@@ -48,3 +48,32 @@ def test_synth_data_then_ingest(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "ieee8023: COVID-19 10" in out and "rsna: normal 10" in out
     assert "excluded by filters (ieee8023): finding:SARS 1, modality:CT 1, view:L 1" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["run", "--preset", "nope", "--source", "rsna=/x", "--out", "/tmp/x"], "nope"),
+        (["run", "--preset", "smoke", "--models", "ResNet51", "--source", "rsna=/x",
+          "--out", "/tmp/x"], "unknown model 'ResNet51'"),
+        (["run", "--preset", "smoke", "--epochs", "0", "--source", "rsna=/x",
+          "--out", "/tmp/x"], "epochs must be a positive integer"),
+        (["run", "--preset", "smoke", "--source", "nope=/x", "--out", "/tmp/x"],
+         "unknown kind 'nope'"),
+        (["run", "--preset", "smoke", "--out", "/tmp/x"], "no --source given"),
+        (["demo", "--folds", "1"], "folds must be at least 2"),
+    ],
+)
+def test_run_parameters_are_validated_before_any_work(args, needle):
+    proc = run_cli(*args)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+def test_models_lists_the_table_without_tensorflow(capsys):
+    assert main(["models", "--preset", "paper"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 27 and "NASNetLarge" in "\n".join(out)
+    assert main(["models", "--presets"]) == 0
+    assert "paper: 26 models, 5 folds, 120 epochs" in capsys.readouterr().out

@@ -1,0 +1,174 @@
+"""Benchmark: cached backbone features against the study's online procedure.
+
+On one data set (../shared/data when present, else synthetic) and a few light models, it
+measures in one run, for each model:
+
+- the limit: backbone passes that ``cached`` needs / peak backbone throughput (``predict``
+  on an in-memory batch, measured here);
+- wall time and backbone passes of ``online``, ``cached`` (views = epochs) and ``cached``
+  (views = K);
+- online / cached wall time against the ratio of their pass counts, and cached / limit;
+- the largest per-fold metric difference between ``online`` and ``cached`` (views = epochs).
+
+    python benchmarks/feature_cache.py [--models ResNet50,VGG16] [--epochs 20] [--json PATH]
+    python benchmarks/feature_cache.py --preset paper --weights imagenet   # on a GPU machine
+
+Every number is measured in this run; nothing is compared with figures from elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from covid_pipeline import zoo  # noqa: E402
+from covid_pipeline.config import BenchmarkConfig, resolve_config  # noqa: E402
+from covid_pipeline.dataset import DataSettings, prepare  # noqa: E402
+from covid_pipeline.features import extract_features, needed_views  # noqa: E402
+from covid_pipeline.metrics import METRICS  # noqa: E402
+from covid_pipeline.shards import DatasetInfo  # noqa: E402
+from covid_pipeline.sources import SourceSpec  # noqa: E402
+from covid_pipeline.training import train_fold  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def data_sources(tmp: str) -> tuple[list[SourceSpec], str]:
+    if (SHARED / "ieee8023-2020-04" / "metadata.csv").exists():
+        return [SourceSpec("ieee8023", str(SHARED / "ieee8023-2020-04")),
+                SourceSpec("rsna", str(SHARED / "rsna-pneumonia-format"))], "shared/data"
+    from covid_pipeline.synth import make_synthetic
+
+    s = make_synthetic(os.path.join(tmp, "synthetic"), covid_patients=12, normals=24, size=192)
+    return [SourceSpec("ieee8023", s.ieee8023), SourceSpec("rsna", s.rsna)], "synthetic"
+
+
+def peak_throughput(model: str, cfg: BenchmarkConfig, seconds: float = 5.0) -> float:
+    """Images per second of ``predict`` on one in-memory batch of model inputs."""
+    import keras
+    import numpy as np
+
+    from covid_pipeline.weights import backbone_weights
+
+    spec = zoo.get(model)
+    size = cfg.input_size or spec.input_size
+    keras.utils.set_random_seed(cfg.seed)
+    backbone = zoo.build_backbone(spec, backbone_weights(spec, cfg), input_size=size)
+    x = zoo.preprocess_fn(spec)(
+        np.random.default_rng(0).uniform(0, 255, (cfg.extract_batch_size, size, size, 3))
+        .astype("float32"))
+    backbone.predict(x, batch_size=cfg.extract_batch_size, verbose=0)  # warm up, trace
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        backbone.predict(x, batch_size=cfg.extract_batch_size, verbose=0)
+        n += len(x)
+    rate = n / (time.perf_counter() - t0)
+    keras.backend.clear_session()
+    return rate
+
+
+def run_mode(info: DatasetInfo, model: str, cfg: BenchmarkConfig, out: str) -> dict:
+    """Wall time, backbone passes and per-fold metrics of one training mode."""
+    t0 = time.perf_counter()
+    passes = 0
+    if cfg.mode == "cached":
+        passes += extract_features(info.uri, model, cfg, out)["backbone_passes"]
+    folds = []
+    for k in range(info.n_folds):
+        rec = train_fold(info.uri, model, k, cfg, out)
+        passes += rec["timing"]["backbone_passes"]
+        folds.append(rec["metrics"])
+    return {"seconds": time.perf_counter() - t0, "passes": passes, "folds": folds}
+
+
+def max_metric_diff(a: list[dict], b: list[dict]) -> float:
+    diffs = [abs(x[m] - y[m]) for x, y in zip(a, b, strict=True) for m in METRICS
+             if x.get(m) is not None and y.get(m) is not None]
+    return max(diffs) if diffs else 0.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="smoke")
+    p.add_argument("--models", default="ResNet50,VGG16")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--k", type=int, default=4, help="views of the approximate cached mode")
+    p.add_argument("--input-size", type=int, default=None)
+    p.add_argument("--weights", default="none")
+    p.add_argument("--json", default=None, help="write the table here too")
+    p.add_argument("--out", default=None, help="work folder (default: a temporary one)")
+    args = p.parse_args(argv)
+
+    tmp = args.out or tempfile.mkdtemp(prefix="covid-bench-")
+    specs, data_name = data_sources(tmp)
+    base = resolve_config(args.preset, models=args.models, epochs=args.epochs,
+                          folds=args.folds, weights=args.weights, input_size=args.input_size)
+    info, _ = prepare(specs, os.path.join(tmp, "data"),
+                      DataSettings(folds=base.folds, image_size=base.image_size,
+                                   balance=base.balance, group_by=base.group_by,
+                                   seed=base.seed))
+    n = sum(info.counts.values())
+    print(f"data: {data_name}, {n} images, {info.n_folds} folds, {base.epochs} epochs, "
+          f"models {', '.join(base.models)}, weights {base.weights}", flush=True)
+    rows = []
+    for model in base.models:
+        online = resolve_config(args.preset, models=[model], epochs=base.epochs,
+                                folds=base.folds, weights=args.weights, mode="online",
+                                input_size=args.input_size)
+        cached = resolve_config(args.preset, models=[model], epochs=base.epochs,
+                                folds=base.folds, weights=args.weights, mode="cached",
+                                input_size=args.input_size)
+        approx = resolve_config(args.preset, models=[model], epochs=base.epochs,
+                                folds=base.folds, weights=args.weights, mode="cached",
+                                views=args.k, input_size=args.input_size)
+        rate = peak_throughput(model, cached)
+        runs = {name: run_mode(info, model, cfg, os.path.join(tmp, name))
+                for name, cfg in (("online", online), ("cached", cached),
+                                  ("cached_k", approx))}
+        limit = n * (needed_views(cached) + 1) / rate
+        row = {
+            "model": model,
+            "input_size": cached.input_size or zoo.get(model).input_size,
+            "peak_images_per_s": rate,
+            "limit_s": limit,
+            **{f"{k}_s": v["seconds"] for k, v in runs.items()},
+            **{f"{k}_passes": v["passes"] for k, v in runs.items()},
+            "online_over_cached": runs["online"]["seconds"] / runs["cached"]["seconds"],
+            "pass_ratio": runs["online"]["passes"] / runs["cached"]["passes"],
+            "cached_over_limit": runs["cached"]["seconds"] / limit,
+            "max_metric_diff": max_metric_diff(runs["online"]["folds"], runs["cached"]["folds"]),
+        }
+        row["speedup_vs_pass_ratio"] = row["online_over_cached"] / row["pass_ratio"]
+        rows.append(row)
+        print_row(row)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"data": data_name, "images": n,
+                                               "folds": info.n_folds, "epochs": base.epochs,
+                                               "k": args.k, "rows": rows}, indent=2))
+    return 0
+
+
+def print_row(r: dict) -> None:
+    if not getattr(print_row, "header", False):
+        print(f"{'model':<12} {'limit s':>8} {'online s':>9} {'cached s':>9} {'K s':>7} "
+              f"{'passes on/ca/K':>20} {'on/ca':>6} {'pass ratio':>10} {'ca/limit':>8} "
+              f"{'max Δmetric':>11}")
+        print_row.header = True
+    passes = f"{r['online_passes']}/{r['cached_passes']}/{r['cached_k_passes']}"
+    print(f"{r['model']:<12} {r['limit_s']:>8.1f} {r['online_s']:>9.1f} {r['cached_s']:>9.1f} "
+          f"{r['cached_k_s']:>7.1f} {passes:>20} {r['online_over_cached']:>6.2f} "
+          f"{r['pass_ratio']:>10.2f} {r['cached_over_limit']:>8.2f} "
+          f"{r['max_metric_diff']:>11.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Weights preflight: a clear stop when ImageNet weights are missing offline."""
+
+from __future__ import annotations
+
+import pytest
+
+from covid_pipeline import weights, zoo
+from covid_pipeline.config import resolve_config
+from covid_pipeline.errors import ManifestError
+
+
+def test_missing_weights_offline_is_one_message_listing_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    cfg = resolve_config("smoke")
+    with pytest.raises(ManifestError) as err:
+        weights.preflight(cfg, online=False)
+    msg = str(err.value)
+    assert "\n" not in msg
+    for name in cfg.models:
+        assert zoo.weights_ref(zoo.get(name), cfg.input_size)[0] in msg
+    assert "covid-pipeline weights download --models ResNet50,VGG16" in msg
+
+
+def test_weights_in_cache_or_folder_pass_and_none_needs_nothing(tmp_path, monkeypatch):
+    cfg = resolve_config("smoke")
+    folder = tmp_path / "w"
+    folder.mkdir()
+    for name in cfg.models:
+        (folder / zoo.weights_ref(zoo.get(name), cfg.input_size)[0]).write_bytes(b"h5")
+    weights.preflight(resolve_config("smoke", weights=str(folder)), online=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    for f in folder.iterdir():
+        (tmp_path / "models" / f.name).write_bytes(b"h5")
+    weights.preflight(cfg, online=False)
+    weights.preflight(resolve_config("smoke", weights="none"), online=False)
+    spec = zoo.get("VGG16")
+    assert weights.backbone_weights(spec, resolve_config("smoke", weights=str(folder))) == str(
+        folder / zoo.weights_ref(spec, 96)[0])
+    assert weights.backbone_weights(spec, resolve_config("smoke", weights="none")) is None
