@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -32,12 +33,28 @@ from covid_pipeline.weights import backbone_weights
 log = logging.getLogger(__name__)
 
 FEATURE_FORMAT = 1
+PRECISIONS = ("float32", "mixed_float16")
 
 
-def settings_hash(model: str, cfg: BenchmarkConfig, image_size: int) -> str:
+def backbone_precision() -> str:
+    """``mixed_float16`` on GPUs (backbone only; head and loss stay float32), else float32.
+
+    ``COVID_PIPELINE_PRECISION=float32`` turns mixed precision off.
+    """
+    wanted = os.environ.get("COVID_PIPELINE_PRECISION", "auto")
+    if wanted != "auto":
+        return wanted
+    import tensorflow as tf
+
+    return "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
+
+
+def settings_hash(model: str, cfg: BenchmarkConfig, image_size: int,
+                  precision: str = "float32") -> str:
     """What decides a feature vector besides the image: model, weights, size, angles."""
     spec = zoo.get(model)
     payload = {
+        "precision": precision,
         "format": FEATURE_FORMAT,
         "model": spec.name,
         "input_size": cfg.input_size or spec.input_size,
@@ -49,8 +66,11 @@ def settings_hash(model: str, cfg: BenchmarkConfig, image_size: int) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def feature_root(out: str, model: str, cfg: BenchmarkConfig, image_size: int) -> str:
-    return storage.join(out, "features", model, settings_hash(model, cfg, image_size))
+def feature_root(out: str, model: str, cfg: BenchmarkConfig, image_size: int,
+                 precision: str | None = None) -> str:
+    precision = precision or backbone_precision()
+    return storage.join(out, "features", model,
+                        settings_hash(model, cfg, image_size, precision))
 
 
 def feature_uri(root: str, sha: str) -> str:
@@ -117,11 +137,15 @@ def extract_features(dataset_uri: str, model: str, cfg: BenchmarkConfig, out: st
     split = load_split(info, list(range(info.n_folds)))
     index = {s: i for i, s in enumerate(split.shas)}
     keras.utils.set_random_seed(cfg.seed)
-    backbone = zoo.build_backbone(spec, backbone_weights(spec, cfg), input_size=size)
+    precision = backbone_precision()
+    keras.mixed_precision.set_global_policy(precision)
     try:
+        backbone = zoo.build_backbone(spec, backbone_weights(spec, cfg), input_size=size)
         feats = backbone_features(backbone, split.images[[index[s] for s in todo]], todo,
-                                  cfg, size, zoo.preprocess_fn(spec), views)
+                                  cfg, size, zoo.preprocess_fn(spec), views,
+                                  jit=precision != "float32")
     finally:
+        keras.mixed_precision.set_global_policy("float32")
         keras.backend.clear_session()
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(lambda i: storage.write_bytes(feature_uri(root, todo[i]),
@@ -132,13 +156,17 @@ def extract_features(dataset_uri: str, model: str, cfg: BenchmarkConfig, out: st
 
 
 def backbone_features(backbone, images: np.ndarray, shas: list[str], cfg: BenchmarkConfig,
-                      size: int, preprocess, views: int) -> np.ndarray:
-    """float16 [N, views + 1, D]: the backbone on every image under views 0..views."""
+                      size: int, preprocess, views: int, jit: bool = False) -> np.ndarray:
+    """float16 [N, views + 1, D]: the backbone on every image under views 0..views.
+
+    ``jit`` compiles the forward pass with XLA (worth it on GPUs, not on CPUs).
+    """
     import tensorflow as tf
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, jit_compile=jit)
     def forward(batch, angles):
-        return backbone(model_inputs(batch, angles, size, preprocess), training=False)
+        x = backbone(model_inputs(batch, angles, size, preprocess), training=False)
+        return tf.cast(x, tf.float32)
 
     out = None
     bs = cfg.extract_batch_size
@@ -166,11 +194,17 @@ def train_cached(info: DatasetInfo, model: str, fold: int, cfg: BenchmarkConfig,
     )
 
     manifest = read_parquet(info.manifest_uri).sort_values("image_id")
-    root = feature_root(out, model, cfg, info.image_size)
-    feats = read_features(root, sorted(set(manifest["sha256"].astype(str))))
-    missing = set(manifest["sha256"].astype(str)) - set(feats)
-    if missing:
-        raise RuntimeError(f"{len(missing)} images have no cached features under {root}; "
+    shas = sorted(set(manifest["sha256"].astype(str)))
+    # The extraction may have run on another kind of worker (GPU: mixed precision).
+    here = backbone_precision()
+    for precision in (here, *(p for p in PRECISIONS if p != here)):
+        root = feature_root(out, model, cfg, info.image_size, precision)
+        feats = read_features(root, shas)
+        if len(feats) == len(shas):
+            break
+    else:
+        raise RuntimeError(f"{len(shas) - len(feats)} images have no cached features for "
+                           f"{model} under {storage.join(out, 'features', model)}; "
                            "run the feature-extraction task first")
 
     def split(mask) -> tuple[Split, np.ndarray]:

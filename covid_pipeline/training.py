@@ -44,12 +44,18 @@ class Split:
 
 
 def configure_tensorflow() -> None:
-    """Memory growth on every GPU (a worker keeps its GPU memory for life otherwise)."""
+    """One GPU per worker (dask-cuda lists the worker's own GPU first), memory growth on.
+
+    Without growth a worker keeps all its GPU memory for life; without the visibility
+    limit TensorFlow would open a context on every GPU of the machine in every worker.
+    """
     import tensorflow as tf
 
-    for gpu in tf.config.list_physical_devices("GPU"):
-        with contextlib.suppress(RuntimeError):  # already initialised in this process
-            tf.config.experimental.set_memory_growth(gpu, True)
+    gpus = tf.config.list_physical_devices("GPU")
+    with contextlib.suppress(RuntimeError):  # already initialised in this process
+        if gpus:
+            tf.config.set_visible_devices(gpus[:1], "GPU")
+            tf.config.experimental.set_memory_growth(gpus[0], True)
 
 
 def results_root(out: str, version: str, cfg: BenchmarkConfig) -> str:

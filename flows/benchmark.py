@@ -145,9 +145,15 @@ def covid_benchmark(
     cluster: str = "local",
     workers: int | None = None,
     source_options: dict[str, dict] | None = None,
+    triggered_by: str | None = None,
 ) -> dict[str, Any]:
-    """Run the benchmark on ``sources`` and write the leaderboard under ``out``."""
+    """Run the benchmark on ``sources`` and write the leaderboard under ``out``.
+
+    ``triggered_by`` is the id of the event that started this run, if any.
+    """
     logger = get_run_logger()
+    if triggered_by:
+        logger.info("triggered by event %s", triggered_by)
     cfg = resolve_config(preset=preset, config_file=config_file, models=models, folds=folds,
                          epochs=epochs, weights=weights_source, balance=balance,
                          group_by=group_by, seed=seed, mode=mode, views=views,
