@@ -39,12 +39,22 @@ def model_inputs(images, angles, input_size: int, preprocess: Callable | None):
     Resize to the model's input size, rotate (bilinear, reflect fill, like Keras'
     RandomRotation), replicate grey to three channels, then the model's preprocessing.
     """
+    return rotated_inputs(resize(images, input_size), angles, preprocess)
+
+
+def resize(images, input_size: int):
+    """uint8 grey batch → float32 [B,S,S,1] at the model's input size (view-independent)."""
     import tensorflow as tf
 
-    x = tf.image.resize(tf.cast(images, tf.float32), (input_size, input_size),
-                        method="bilinear", antialias=True)
-    x = rotate(x, angles)
-    x = tf.image.grayscale_to_rgb(x)
+    return tf.image.resize(tf.cast(images, tf.float32), (input_size, input_size),
+                           method="bilinear", antialias=True)
+
+
+def rotated_inputs(resized, angles, preprocess: Callable | None):
+    """Resized grey batch + angles → rotated three-channel, preprocessed backbone input."""
+    import tensorflow as tf
+
+    x = tf.image.grayscale_to_rgb(rotate(resized, angles))
     return preprocess(x) if preprocess is not None else x
 
 

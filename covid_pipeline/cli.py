@@ -121,12 +121,14 @@ def run_overrides(args: argparse.Namespace) -> dict:
 
 def check_run(args: argparse.Namespace, sources: list[str], preset: str) -> None:
     """Validate every parameter (cheaply, before Prefect starts)."""
+    from covid_pipeline.cluster import check
     from covid_pipeline.config import resolve_config
     from covid_pipeline.sources import parse_source
 
     resolve_config(preset=preset, config_file=args.config, **run_overrides(args))
     for s in sources:
         parse_source(s)
+    check(args.cluster)
 
 
 def run_benchmark(args: argparse.Namespace, sources: list[str], preset: str) -> dict:

@@ -46,8 +46,18 @@ def local_gpu_count() -> int:
     return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
 
 
+def check(cluster: str) -> None:
+    """Validate a ``--cluster`` value's form (cheap: no GPU probe, no connection)."""
+    cluster = (cluster or "local").strip()
+    if "://" not in cluster and cluster not in ("local", "cuda"):
+        raise ManifestError(
+            f"--cluster {cluster!r}: use local, cuda, or a scheduler address like tcp://host:8786"
+        )
+
+
 def resolve(cluster: str, n_tasks: int, workers: int | None = None) -> ClusterSpec:
     """Turn a ``--cluster`` value into a :class:`ClusterSpec`."""
+    check(cluster)
     cluster = (cluster or "local").strip()
     if "://" in cluster:
         return ClusterSpec(address=cluster)
@@ -58,10 +68,6 @@ def resolve(cluster: str, n_tasks: int, workers: int | None = None) -> ClusterSp
         kwargs = {"resources": {"GPU": 1}, "threads_per_worker": 1}
         return ClusterSpec(cluster_class="dask_cuda.LocalCUDACluster", cluster_kwargs=kwargs,
                            gpus=gpus)
-    if cluster != "local":
-        raise ManifestError(
-            f"--cluster {cluster!r}: use local, cuda, or a scheduler address like tcp://host:8786"
-        )
     gpus = min(local_gpu_count(), 1)  # several GPUs: use --cluster cuda (one worker per GPU)
     n = 1 if gpus else workers or max(1, min(n_tasks, os.cpu_count() or 1))
     kwargs: dict[str, Any] = {"n_workers": n, "threads_per_worker": 1, "processes": True,

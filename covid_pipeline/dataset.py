@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass, field
 import pandas as pd
 
 from covid_pipeline import imaging, storage
-from covid_pipeline.balance import STRATEGIES, balance
+from covid_pipeline.balance import STRATEGIES, balance, check_two_classes
 from covid_pipeline.errors import ManifestError
-from covid_pipeline.folds import GROUPINGS, assign_folds
+from covid_pipeline.folds import GROUPINGS, assign_folds, check_enough_units
 from covid_pipeline.ingest import IngestResult, ingest
 from covid_pipeline.shards import (
     DatasetInfo,
@@ -81,7 +81,13 @@ def _unstage(uri: str) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
 def ingest_step(specs: list[SourceSpec], out: str, settings: DataSettings) -> str:
     """Ingest every source; stage manifest, quarantine and report; return the staging URI."""
     settings.validate()
-    result = ingest(specs, out, image_size=settings.image_size, options=settings.source_options)
+
+    def feasible(candidates: pd.DataFrame) -> None:  # before any image is read or written
+        check_two_classes(candidates)
+        check_enough_units(candidates, settings.folds, settings.group_by)
+
+    result = ingest(specs, out, image_size=settings.image_size, options=settings.source_options,
+                    precheck=feasible)
     report = report_of(result)
     report["sources"] = [str(s) for s in specs]
     return _stage(out, result.manifest, result.quarantine, report, "ingest")

@@ -25,9 +25,17 @@ from typing import Any
 import numpy as np
 
 from covid_pipeline import storage, zoo
-from covid_pipeline.augment import model_inputs, view_angles
+from covid_pipeline.augment import resize, rotated_inputs, view_angles
 from covid_pipeline.config import BenchmarkConfig
 from covid_pipeline.shards import DatasetInfo, load_dataset, read_parquet
+from covid_pipeline.training import (
+    Split,
+    class_weights,
+    configure_tensorflow,
+    epoch_order,
+    fresh_head_model,
+    load_split,
+)
 from covid_pipeline.weights import backbone_weights
 
 log = logging.getLogger(__name__)
@@ -116,7 +124,6 @@ def extract_features(dataset_uri: str, model: str, cfg: BenchmarkConfig, out: st
     """Compute and store features for every image of the dataset that lacks them."""
     import keras
 
-    from covid_pipeline.training import configure_tensorflow, load_split
 
     info = load_dataset(dataset_uri)
     root = feature_root(out, model, cfg, info.image_size)
@@ -159,39 +166,70 @@ def backbone_features(backbone, images: np.ndarray, shas: list[str], cfg: Benchm
                       size: int, preprocess, views: int, jit: bool = False) -> np.ndarray:
     """float16 [N, views + 1, D]: the backbone on every image under views 0..views.
 
-    ``jit`` compiles the forward pass with XLA (worth it on GPUs, not on CPUs).
+    Each image is resized once (the same op the online path applies per batch), then
+    rotated per view. Batches have one fixed shape (the last one padded) so the forward
+    pass is traced once; ``jit`` compiles it with XLA (worth it on GPUs, not on CPUs).
     """
     import tensorflow as tf
 
-    @tf.function(reduce_retracing=True, jit_compile=jit)
+    # as few batches as extract_batch_size allows, all of one size (the last one padded)
+    n_batches = max(1, -(-len(shas) // cfg.extract_batch_size))
+    bs = -(-len(shas) // n_batches)
+
+    @tf.function(jit_compile=jit)
     def forward(batch, angles):
-        x = backbone(model_inputs(batch, angles, size, preprocess), training=False)
+        x = backbone(rotated_inputs(batch, angles, preprocess), training=False)
         return tf.cast(x, tf.float32)
 
+    resized = np.concatenate([resize(tf.constant(images[i : i + bs]), size).numpy()
+                              for i in range(0, len(images), bs)])
     out = None
-    bs = cfg.extract_batch_size
     for v in range(views + 1):
         angles = view_angles(cfg.seed, shas, v, cfg.rotation_degrees)
         for start in range(0, len(shas), bs):
-            sl = slice(start, start + bs)
-            f = forward(tf.constant(images[sl]), tf.constant(angles[sl])).numpy()
+            batch, ang = resized[start : start + bs], angles[start : start + bs]
+            n = len(batch)
+            if n < bs:  # pad to the traced shape
+                batch = np.concatenate([batch, np.zeros((bs - n, *batch.shape[1:]), batch.dtype)])
+                ang = np.concatenate([ang, np.zeros(bs - n, ang.dtype)])
+            f = forward(tf.constant(batch), tf.constant(ang)).numpy()[:n]
             if out is None:
                 out = np.zeros((len(shas), views + 1, f.shape[-1]), np.float16)
-            out[sl, v] = f.astype(np.float16)
+            out[start : start + n, v] = f.astype(np.float16)
     return out
+
+
+def head_batches(cfg: BenchmarkConfig, fold: int, x: np.ndarray, labels: np.ndarray):
+    """tf.data of the training batches of every epoch, in order: epoch e's seeded order,
+    features of view ``epoch_view(e)`` (``x`` is [N, views + 1, D])."""
+    import tensorflow as tf
+
+    sel_view, sel_idx, bounds = [], [], [0]
+    for epoch in range(cfg.epochs):
+        order = epoch_order(cfg, fold, epoch, len(labels))
+        for start in range(0, len(order), cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            sel_idx.append(idx)
+            sel_view.append(np.full(len(idx), epoch_view(cfg, epoch)))
+            bounds.append(bounds[-1] + len(idx))
+    feats = tf.constant(x)
+    ys = tf.constant(labels)
+    views = tf.constant(np.concatenate(sel_view))
+    rows = tf.constant(np.concatenate(sel_idx))
+    starts = tf.constant(bounds[:-1], dtype=tf.int64)
+    ends = tf.constant(bounds[1:], dtype=tf.int64)
+
+    def batch(start, end):
+        r, v = rows[start:end], views[start:end]
+        return tf.gather_nd(feats, tf.stack([r, v], axis=1)), tf.gather(ys, r)
+
+    return tf.data.Dataset.from_tensor_slices((starts, ends)).map(batch)
 
 
 def train_cached(info: DatasetInfo, model: str, fold: int, cfg: BenchmarkConfig, out: str):
     """Train the head on cached features: epoch e on view ``epoch_view(e)``, test on view 0."""
     import keras
 
-    from covid_pipeline.training import (
-        Split,
-        build_head,
-        class_weights,
-        compile_model,
-        epoch_order,
-    )
 
     manifest = read_parquet(info.manifest_uri).sort_values("image_id")
     shas = sorted(set(manifest["sha256"].astype(str)))
@@ -216,18 +254,15 @@ def train_cached(info: DatasetInfo, model: str, fold: int, cfg: BenchmarkConfig,
     train, x_train = split(manifest["fold"] != fold)
     test, x_test = split(manifest["fold"] == fold)
     keras.utils.set_random_seed(cfg.seed)
-    head = build_head(cfg)
-    inputs = keras.Input((x_train.shape[-1],))
-    net = keras.Model(inputs, head(inputs))
-    compile_model(net, cfg)
+    net = fresh_head_model(cfg, x_train.shape[-1])
     weights = class_weights(cfg, train.labels)
     t0 = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        view = epoch_view(cfg, epoch)
-        order = epoch_order(cfg, fold, epoch, len(train))
-        for start in range(0, len(order), cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            net.train_on_batch(x_train[idx, view], train.labels[idx], class_weight=weights)
+    batches = head_batches(cfg, fold, x_train, train.labels)
+    steps = sum(1 for _ in range(cfg.epochs) for _ in range(0, len(train), cfg.batch_size))
+    # One fit over the whole sequence of batches: the same updates, in the same order, as
+    # train_on_batch per batch (the online path), without its per-call overhead.
+    net.fit(batches, epochs=1, steps_per_epoch=steps, class_weight=weights, verbose=0,
+            shuffle=False)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     prob = np.asarray(net.predict_on_batch(x_test[:, 0]))[:, 1] if len(test) else np.zeros(0)

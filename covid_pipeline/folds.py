@@ -19,16 +19,8 @@ def assign_folds(df: pd.DataFrame, n_folds: int = 5, group_by: str = "patient",
     if n_folds < 2:
         raise ManifestError(f"--folds {n_folds}: need at least 2 folds")
     df = df.sort_values("image_id", kind="stable").reset_index(drop=True)
+    check_enough_units(df, n_folds, group_by)
     labels = df["label"].to_numpy()
-    unit = "patients" if group_by == "patient" else "images"
-    for label, name in LABEL_NAMES.items():
-        mask = labels == label
-        n = int(df.loc[mask, "patient_id"].nunique()) if group_by == "patient" else int(mask.sum())
-        if n < n_folds:
-            raise ManifestError(
-                f"class {name} has {n} {unit}, fewer than --folds {n_folds}; "
-                f"lower --folds or add data"
-            )
     if group_by == "patient":
         splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         splits = splitter.split(df, labels, groups=df["patient_id"].to_numpy())
@@ -41,3 +33,17 @@ def assign_folds(df: pd.DataFrame, n_folds: int = 5, group_by: str = "patient",
     out = df.copy()
     out["fold"] = fold.to_numpy()
     return out
+
+
+def check_enough_units(df: pd.DataFrame, n_folds: int, group_by: str) -> None:
+    """Each class needs at least ``n_folds`` patients (or images, ungrouped) to fill the folds."""
+    labels = df["label"].to_numpy()
+    unit = "patients" if group_by == "patient" else "images"
+    for label, name in LABEL_NAMES.items():
+        mask = labels == label
+        n = int(df.loc[mask, "patient_id"].nunique()) if group_by == "patient" else int(mask.sum())
+        if n < n_folds:
+            raise ManifestError(
+                f"class {name} has {n} {unit}, fewer than --folds {n_folds}; "
+                f"lower --folds or add data"
+            )

@@ -86,13 +86,14 @@ def raster_to_grey(img: Image.Image) -> np.ndarray:
 
 def _decode_dicom(data: bytes) -> DecodedImage:
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:
-        raise ImageRejected("corrupt", f"unreadable DICOM ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types (RuntimeError too)
+        raise ImageRejected("corrupt", f"unreadable DICOM ({_first_line(exc)})") from exc
     if "PixelData" not in ds:
+        if _dicom_damaged(ds):
+            raise ImageRejected("corrupt", "truncated or damaged DICOM (elements cut short)")
         raise ImageRejected("no_pixel_data", "DICOM file has no pixel data")
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     if rows * cols > MAX_PIXELS:
@@ -100,7 +101,7 @@ def _decode_dicom(data: bytes) -> DecodedImage:
     try:
         arr = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad pixel data
-        raise ImageRejected("corrupt", f"cannot decode DICOM pixels ({exc})") from exc
+        raise ImageRejected("corrupt", f"cannot decode DICOM pixels ({_first_line(exc)})") from exc
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
         arr = np.asarray(Image.fromarray(arr[..., :3].astype(np.uint8)).convert("L"))
     elif arr.ndim == 3:  # multi-frame: the first frame
@@ -115,6 +116,26 @@ def _decode_dicom(data: bytes) -> DecodedImage:
     view = str(ds.get("ViewPosition", "") or "") or None
     patient = str(ds.get("PatientID", "") or "") or None
     return DecodedImage(pixels, pixels.shape[1], pixels.shape[0], view, sex, age, patient)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _dicom_damaged(ds: object) -> bool:
+    """True when pydicom's lenient reader stopped early: no elements, or one cut short.
+
+    pydicom parses garbage after ``DICM`` and truncated files without an error, so without
+    this check they would read as a well-formed file that merely lacks pixel data.
+    """
+    elements = list(ds.elements())  # type: ignore[attr-defined]  # raw, not converted
+    if not elements:
+        return True
+    for elem in elements:
+        value, length = getattr(elem, "value", None), getattr(elem, "length", 0)
+        if isinstance(value, bytes) and length != 0xFFFFFFFF and len(value) < length:
+            return True
+    return False
 
 
 def _dicom_age(text: str) -> float | None:
@@ -134,11 +155,17 @@ def decode(data: bytes) -> DecodedImage:
     """Decode image bytes to grey uint8, or raise :class:`ImageRejected` with a reason."""
     if not data:
         raise ImageRejected("empty_file", "zero bytes")
-    if is_dicom(data):
-        img = _decode_dicom(data)
-    else:
-        pixels = _decode_raster(data)
-        img = DecodedImage(pixels, pixels.shape[1], pixels.shape[0])
+    try:
+        if is_dicom(data):
+            img = _decode_dicom(data)
+        else:
+            pixels = _decode_raster(data)
+            img = DecodedImage(pixels, pixels.shape[1], pixels.shape[0])
+    except ImageRejected:
+        raise
+    except Exception as exc:  # noqa: BLE001 - damaged headers make decoders raise anything
+        # e.g. pydicom's NotImplementedError for a garbled VR, ValueError for a garbled Rows
+        raise ImageRejected("corrupt", f"{type(exc).__name__}: {_first_line(exc)}") from exc
     if min(img.width, img.height) < MIN_SIDE:
         raise ImageRejected("too_small", f"{img.width}x{img.height} is below {MIN_SIDE} px")
     return img

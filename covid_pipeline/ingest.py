@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -82,6 +83,18 @@ def _read_one(cand: Candidate, out: str, size: int) -> dict | Rejected:
     }
 
 
+def candidate_frame(candidates: list[Candidate]) -> pd.DataFrame:
+    """Labels and patients of the candidates, an upper bound on what reading can yield.
+
+    A candidate whose patient comes from its image header counts as a patient of its own.
+    """
+    return pd.DataFrame({
+        "image_id": [c.image_id for c in candidates],
+        "label": pd.Series([c.label for c in candidates], dtype="int64"),
+        "patient_id": [c.image_id if c.fill_from_image else c.patient_id for c in candidates],
+    })
+
+
 def ingest(
     specs: list[SourceSpec],
     out: str,
@@ -89,8 +102,13 @@ def ingest(
     image_size: int = imaging.CANONICAL_SIZE,
     options: dict[str, dict] | None = None,
     threads: int | None = None,
+    precheck: Callable[[pd.DataFrame], None] | None = None,
 ) -> IngestResult:
-    """Scan every source, read every candidate image, and return manifest + quarantine."""
+    """Scan every source, read every candidate image, and return manifest + quarantine.
+
+    ``precheck`` gets the candidates (``label``, ``patient_id``) before any image is read or
+    written, to fail early on a data set that cannot succeed (it raises ManifestError).
+    """
     if not specs:
         raise ManifestError("no --source given; add e.g. --source ieee8023=/data/covid-chestxray")
     rejected: list[Rejected] = []
@@ -114,6 +132,8 @@ def ingest(
             continue
         seen_ids.add(cand.image_id)
         unique.append(cand)
+    if precheck is not None:
+        precheck(candidate_frame(unique))
 
     workers = threads or min(16, 2 * (os.cpu_count() or 1) + 2)
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -77,10 +77,40 @@ def read_parquet(uri: str) -> pd.DataFrame:
     return pq.read_table(io.BytesIO(storage.read_bytes(uri))).to_pandas()
 
 
-def load_dataset(dataset_uri: str) -> DatasetInfo:
+def load_dataset(dataset_uri: str, verify: bool = False) -> DatasetInfo:
+    """The dataset version at ``dataset_uri``; ``verify`` checks every file's sha256 first."""
+    if verify:
+        bad = verify_dataset(dataset_uri)
+        if bad:
+            raise storage.StorageError(
+                f"{dataset_uri}: {', '.join(bad)} missing or damaged (sha256 differs from "
+                f"dataset.json); run `covid-pipeline ingest` again to rebuild it"
+            )
     meta = storage.read_json(storage.join(dataset_uri, "dataset.json"))
     return DatasetInfo(meta["version"], dataset_uri, meta["n_folds"], meta["image_size"],
                        meta["counts"]["final"])
+
+
+def verify_dataset(dataset_uri: str) -> list[str]:
+    """Files of a dataset version that are missing or whose sha256 differs from dataset.json.
+
+    ``dataset.json`` itself is listed when it is missing or unreadable. Reads each file once.
+    """
+    try:
+        meta = storage.read_json(storage.join(dataset_uri, "dataset.json"))
+        files = dict(meta["files"])
+    except (FileNotFoundError, storage.StorageError, ValueError, KeyError, TypeError):
+        return ["dataset.json"]
+    bad = []
+    for rel, digest in sorted(files.items()):
+        try:
+            data = storage.read_bytes(storage.join(dataset_uri, rel))
+        except (FileNotFoundError, storage.StorageError):
+            bad.append(rel)
+            continue
+        if hashlib.sha256(data).hexdigest() != digest:
+            bad.append(rel)
+    return bad
 
 
 def _tf_example(row: dict, png: bytes) -> bytes:
@@ -98,7 +128,7 @@ def _tf_example(row: dict, png: bytes) -> bytes:
         "fold": i(row["fold"]),
         "image_id": b(str(row["image_id"]).encode()),
         "sha256": b(str(row["sha256"]).encode()),
-    })).SerializeToString()
+    })).SerializeToString(deterministic=True)  # same bytes in every process
 
 
 def write_dataset(
@@ -108,7 +138,11 @@ def write_dataset(
     settings: dict[str, Any],
     report: dict[str, Any],
 ) -> DatasetInfo:
-    """Write a dataset version (skipped when a complete one already exists)."""
+    """Write a dataset version (skipped when a complete one already exists).
+
+    A version whose files fail verification against ``dataset.json`` (damaged or removed
+    after the fact) is rebuilt, not reused; ``dataset.json`` is always written last.
+    """
     version = dataset_version(manifest, settings)
     root = storage.join(out, "datasets", version)
     n_folds = int(manifest["fold"].max()) + 1
@@ -117,8 +151,12 @@ def write_dataset(
     info = DatasetInfo(version, root, n_folds, size, final)
     meta_uri = storage.join(root, "dataset.json")
     if storage.exists(meta_uri):
-        log.info("dataset %s already complete at %s; reusing it", version, root)
-        return info
+        bad = verify_dataset(root)
+        if not bad:
+            log.info("dataset %s already complete at %s; reusing it", version, root)
+            return info
+        log.warning("dataset %s at %s: %s missing or damaged; rebuilding it",
+                    version, root, ", ".join(bad))
 
     files: dict[str, str] = {}
 

@@ -8,13 +8,11 @@ an object only when its upload completes, which gives the same guarantee.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import posixpath
 import tempfile
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import fsspec
@@ -114,39 +112,6 @@ def write_json(uri: str, obj: Any) -> str:
     return write_text(uri, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-@contextlib.contextmanager
-def atomic_local_file(uri: str, suffix: str = "") -> Iterator[str]:
-    """Yield a local temporary path; on success its content is written to ``uri`` atomically.
-
-    For writers (pyarrow, TFRecordWriter, matplotlib) that want a file name of their own.
-    """
-    with tempfile.TemporaryDirectory(prefix="covid-pipeline-") as tmpdir:
-        tmp = os.path.join(tmpdir, "part" + suffix)
-        yield tmp
-        if is_local(uri):
-            path = local_path(uri)
-            os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-            staged = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-            try:
-                # copy to the destination's filesystem first, then rename atomically
-                with open(tmp, "rb") as src, open(staged, "wb") as dst:
-                    while chunk := src.read(1 << 20):
-                        dst.write(chunk)
-                    dst.flush()
-                    os.fsync(dst.fileno())
-                os.replace(staged, path)
-            except OSError as exc:
-                with contextlib.suppress(OSError):
-                    os.unlink(staged)
-                raise StorageError(f"{uri}: cannot write ({exc.strerror or exc})") from exc
-        else:
-            fs, path = filesystem(uri)
-            try:
-                fs.put_file(tmp, path)
-            except OSError as exc:
-                raise StorageError(f"{uri}: cannot write ({exc})") from exc
-
-
 def list_files(uri: str, recursive: bool = True) -> list[str]:
     """Files under a folder URI, as URIs of the same scheme, sorted."""
     fs, path = filesystem(uri)
@@ -164,11 +129,6 @@ def _to_uri(base_uri: str, base_path: str, name: str) -> str:
     return join(base_uri, rel)
 
 
-def open_binary(uri: str) -> io.BufferedIOBase:
-    fs, path = filesystem(uri)
-    return fs.open(path, "rb")
-
-
 def stage_local(uri: str, cache_dir: str) -> str:
     """Return a local path holding ``uri``'s content (a copy for remote URIs)."""
     if is_local(uri):
@@ -176,8 +136,18 @@ def stage_local(uri: str, cache_dir: str) -> str:
     fs, path = filesystem(uri)
     dest = os.path.join(cache_dir, path.replace("/", "__"))
     if not os.path.exists(dest):
-        os.makedirs(cache_dir, exist_ok=True)
         tmp = f"{dest}.tmp-{uuid.uuid4().hex[:8]}"
-        fs.get_file(path, tmp)
-        os.replace(tmp, dest)
+        try:
+            os.makedirs(cache_dir, exist_ok=True)
+            fs.get_file(path, tmp)
+            os.replace(tmp, dest)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)  # never leave a partial download behind
+            if isinstance(exc, FileNotFoundError):
+                raise
+            raise StorageError(
+                f"{uri}: cannot copy to {cache_dir} ({exc}); free space or set "
+                "COVID_PIPELINE_CACHE"
+            ) from exc
     return dest

@@ -101,6 +101,36 @@ def build_head(cfg: BenchmarkConfig):
     )
 
 
+_HEADS: dict[tuple, tuple] = {}
+
+
+def fresh_head_model(cfg: BenchmarkConfig, width: int):
+    """A compiled head on ``width`` features, in its seeded initial state.
+
+    Reused within a process (weights, Adam state and Dropout seed reset to their initial
+    values), so Keras traces its train function once per worker, not once per fold.
+    """
+    import keras
+
+    key = (width, cfg.head_units, cfg.dropout, cfg.seed, cfg.learning_rate, cfg.optimizer)
+    if key not in _HEADS:
+        inputs = keras.Input((width,))
+        net = keras.Model(inputs, build_head(cfg)(inputs))
+        compile_model(net, cfg)
+        seeds = [layer.seed_generator for layer in net.layers[-1].layers
+                 if getattr(layer, "seed_generator", None) is not None]
+        _HEADS[key] = (net, net.get_weights(), [(g, g.state.numpy()) for g in seeds])
+        return net
+    net, weights, seeds = _HEADS[key]
+    net.set_weights(weights)
+    for generator, state in seeds:
+        generator.state.assign(state)
+    for var in net.optimizer.variables:
+        if not var.path.endswith("learning_rate"):
+            var.assign(np.zeros(var.shape, var.dtype))
+    return net
+
+
 def compile_model(model, cfg: BenchmarkConfig) -> None:
     import keras
 
@@ -140,6 +170,8 @@ def train_online(info: DatasetInfo, model_name: str, fold: int, cfg: BenchmarkCo
     compile_model(model, cfg)
     weights = class_weights(cfg, train.labels)
 
+    prepare = tf.function(lambda images, angles: model_inputs(images, angles, size, preprocess),
+                          reduce_retracing=True)
     t0 = time.perf_counter()
     passes = 0
     for epoch in range(cfg.epochs):
@@ -147,7 +179,7 @@ def train_online(info: DatasetInfo, model_name: str, fold: int, cfg: BenchmarkCo
         order = epoch_order(cfg, fold, epoch, len(train))
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
-            x = model_inputs(tf.constant(train.images[idx]), angles[idx], size, preprocess)
+            x = prepare(tf.constant(train.images[idx]), tf.constant(angles[idx]))
             model.train_on_batch(x, train.labels[idx], class_weight=weights)
             passes += len(idx)
     train_s = time.perf_counter() - t0
@@ -157,8 +189,8 @@ def train_online(info: DatasetInfo, model_name: str, fold: int, cfg: BenchmarkCo
     zeros = np.zeros(len(test), np.float32)
     for start in range(0, len(test), cfg.extract_batch_size):
         sl = slice(start, start + cfg.extract_batch_size)
-        x = model_inputs(tf.constant(test.images[sl]), zeros[sl], size, preprocess)
-        probs.append(np.asarray(model(x, training=False))[:, 1])
+        x = prepare(tf.constant(test.images[sl]), tf.constant(zeros[sl]))
+        probs.append(np.asarray(model.predict_on_batch(x))[:, 1])
     passes += len(test)
     prob = np.concatenate(probs) if probs else np.zeros(0, np.float32)
     timing = {"train_seconds": train_s, "predict_seconds": time.perf_counter() - t0,

@@ -59,6 +59,7 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
                                         description=f"{len(pairs)} (model, fold) tasks")
     gpu_work = dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext()
     costs = {m: expected_cost(m, cfg, n_images) for m in cfg.models}
+    t0 = time.perf_counter()
     extract = {}
     if cfg.mode == "cached":
         with gpu_work:
@@ -75,7 +76,6 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
             with gpu_work, dask.annotate(priority=priority(costs[model])):
                 fut = train_fold_task.submit(dataset_uri, model, fold, config, out)
         futures[fut] = (model, fold)
-    t0 = time.perf_counter()
     records: list[dict] = []
     failures: dict[str, str] = {}
     for done, fut in enumerate(as_completed(list(futures)), start=1):
@@ -158,6 +158,9 @@ def covid_benchmark(
                          epochs=epochs, weights=weights_source, balance=balance,
                          group_by=group_by, seed=seed, mode=mode, views=views,
                          image_size=image_size, input_size=input_size)
+    logger.info("config %s (%s): models %s; %d folds, %d epochs, mode %s, weights %s",
+                cfg.config_hash(), cfg.name, ", ".join(cfg.models), cfg.folds, cfg.epochs,
+                cfg.mode, cfg.weights)
     specs = [parse_source(s) for s in sources]  # validate before any work
     settings = DataSettings(balance=cfg.balance, folds=cfg.folds, group_by=cfg.group_by,
                             seed=cfg.seed, image_size=cfg.image_size,
