@@ -62,7 +62,8 @@ def peak_throughput(model: str, cfg: BenchmarkConfig, seconds: float = 5.0) -> f
     spec = zoo.get(model)
     size = cfg.input_size or spec.input_size
     keras.utils.set_random_seed(cfg.seed)
-    backbone = zoo.build_backbone(spec, backbone_weights(spec, cfg), input_size=size)
+    backbone = zoo.build_backbone(spec, backbone_weights(spec, cfg), input_size=size,
+                                   seed=cfg.seed)
     x = tf.constant(zoo.preprocess_fn(spec)(
         np.random.default_rng(0).uniform(0, 255, (cfg.extract_batch_size, size, size, 3))
         .astype("float32")))

@@ -147,7 +147,8 @@ def extract_features(dataset_uri: str, model: str, cfg: BenchmarkConfig, out: st
     precision = backbone_precision()
     keras.mixed_precision.set_global_policy(precision)
     try:
-        backbone = zoo.build_backbone(spec, backbone_weights(spec, cfg), input_size=size)
+        backbone = zoo.build_backbone(spec, backbone_weights(spec, cfg), input_size=size,
+                                   seed=cfg.seed)
         feats = backbone_features(backbone, split.images[[index[s] for s in todo]], todo,
                                   cfg, size, zoo.preprocess_fn(spec), views,
                                   jit=precision != "float32")

@@ -273,12 +273,14 @@ def build_backbone(
     spec: ModelSpec,
     weights: str | os.PathLike[str] | None = "imagenet",
     input_size: int | None = None,
+    seed: int | None = None,
 ) -> keras.Model:
     """The frozen-able feature extractor: ``include_top=False``, global average pooling.
 
     ``weights`` is "imagenet" (Keras cache, downloaded if absent), None (random init) or
     a path to an .h5/.weights.h5 file for this backbone. ``input_size`` overrides the
-    table's size (e.g. the light presets run at 96).
+    table's size (e.g. the light presets run at 96). With random weights, ``seed`` makes
+    them a pure function of the seed (see :func:`reinitialise`).
     """
     weights = _weights_arg(weights)
     size = int(input_size or spec.input_size)
@@ -291,7 +293,30 @@ def build_backbone(
     )
     if weights not in (None, "imagenet"):
         model.load_weights(weights)
+    if weights is None and seed is not None:
+        reinitialise(model, seed)
     return model
+
+
+def reinitialise(model: keras.Model, seed: int) -> None:
+    """Redraw a random backbone's random variables from ``numpy`` seeded by ``seed``.
+
+    Keras draws initial weights from Python's global ``random``, which other threads of a
+    Dask worker (Prefect, distributed) also consume: the same seed could give different
+    backbones. Kernels get Glorot-uniform values from a private generator instead; constant
+    variables (biases, BatchNorm statistics) are left as built.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for var in model.weights:
+        if len(var.shape) < 2:
+            continue
+        shape = tuple(int(d) for d in var.shape)
+        receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+        fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
+        limit = float(np.sqrt(6.0 / (fan_in + fan_out)))
+        var.assign(rng.uniform(-limit, limit, shape).astype(var.dtype))
 
 
 def keras_models_dir() -> Path:
