@@ -200,5 +200,6 @@ def covid_benchmark(
         "rows": board["rows"],
         "reused": trained["reused"],
         "failures": trained["failures"],
+        "extraction": trained["extraction"],
         "results": storage.join(*folders[:1]),
     }

@@ -90,3 +90,37 @@ def test_acceptance_real_samples_smoke_preset_held_out_patients(shared_data, tmp
             assert len(preds) == int((manifest["fold"] == fold).sum())
             trained_patients = set(manifest[manifest["fold"] != fold]["patient_id"])
             assert not set(tested["patient_id"]) & trained_patients
+
+
+def test_rerun_after_adding_images_extracts_only_new_ones(prefect_api, tmp_path):
+    import numpy as np
+
+    from covid_pipeline.imaging import encode_png
+    from covid_pipeline.synth import chest_image, make_synthetic
+
+    root = tmp_path / "data"
+    make_synthetic(str(root), covid_patients=6, normals=12, size=96, seed=5)
+    sources = [f"ieee8023={root / 'ieee8023'}", f"rsna={root / 'rsna'}"]
+    kw = dict(models=["VGG16"], folds=2, epochs=1, input_size=32, image_size=64,
+              balance="none", workers=1)
+    first = run(sources, tmp_path / "out", **kw)
+    assert [e["extracted_images"] for e in first["extraction"]] == [24]
+
+    meta = root / "ieee8023" / "metadata.csv"
+    rows = pd.read_csv(meta, dtype=str, keep_default_na=False)
+    rng = np.random.default_rng(11)
+    extra = []
+    for i in range(4):
+        name = f"added-{i}.png"
+        (root / "ieee8023" / "images" / name).write_bytes(
+            encode_png(chest_image(rng, (96, 96), covid=True)))
+        extra.append({**rows.iloc[0].to_dict(), "Patientid": str(800 + i), "filename": name})
+    pd.concat([rows, pd.DataFrame(extra)]).to_csv(meta, index=False)
+
+    second = run(sources, tmp_path / "out", **kw)
+    assert second["dataset_version"] != first["dataset_version"]
+    assert [(e["extracted_images"], e["reused_images"]) for e in second["extraction"]] == [
+        (4, 24)]
+    board = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
+    assert (board["dataset_version"] == second["dataset_version"]).all()
+    assert (tmp_path / "out" / "results" / first["dataset_version"]).exists()

@@ -77,3 +77,20 @@ def test_smoke_flow_with_sources_and_output_on_s3(s3, prefect_api):
     for key in s3.find(f"{BUCKET}/bench"):
         if key.endswith((".json", ".md", ".csv")):
             assert secret not in s3.cat_file(key).decode()
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(limit=200)
+        artifacts = client.read_artifacts()
+    assert logs and not [log.message for log in logs if secret in log.message]
+    assert not [a.key for a in artifacts if secret in str(a.data)]
+
+
+def test_errors_never_show_the_secret(s3, capsys):
+    from covid_pipeline.cli import main
+
+    rc = main(["ingest", "--source", "ieee8023=s3://no-such-bucket/data", "--folds", "2",
+               "--out", f"s3://{BUCKET}/o2"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in err

@@ -53,9 +53,12 @@ def test_flow_run_and_leaderboard_pages_show_every_model(prefect_server, synth_r
             get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=["covid-benchmark"])))
-        run = next(r for r in runs if r.state and r.state.is_completed())
-        board = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["leaderboard"])))[-1]
+        # the server is shared by the session: take this test's run and its artifact
+        run = next(r for r in runs if r.parameters.get("out") == str(tmp_path / "out"))
+        assert run.state.is_completed()
+        board = next(a for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["leaderboard"])))
+            if a.flow_run_id == run.id)
     ui = prefect_server.removesuffix("/api")
     pages = {"flow-run": f"{ui}/runs/flow-run/{run.id}",
              "leaderboard": f"{ui}/artifacts/artifact/{board.id}"}
