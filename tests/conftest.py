@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from netutil import free_port
+from netutil import free_port, stop
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -75,9 +75,5 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory):
     try:
         yield api
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         log.close()

@@ -9,6 +9,7 @@ import time
 
 import pandas as pd
 import pytest
+from netutil import stop
 
 from deployments.deploy import table
 
@@ -86,11 +87,7 @@ def test_served_deployments_schedules_event_and_triggered_run(prefect_server, sy
             assert run.parameters["triggered_by"]
             assert run.parameters["sources"] == sources
     finally:
-        serve.terminate()
-        try:
-            serve.wait(30)
-        except subprocess.TimeoutExpired:
-            serve.kill()
+        stop(serve)
         log.close()
     board = pd.read_csv(out / "leaderboard.csv")
     assert list(board["model"]) == ["VGG16"] and list(board["status"]) == ["ok"]

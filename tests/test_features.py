@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from imagefiles import add_covid_images
 
 from covid_pipeline import augment
 from covid_pipeline.config import resolve_config
 from covid_pipeline.dataset import DataSettings, prepare
 from covid_pipeline.features import epoch_view, extract_features
-from covid_pipeline.imaging import encode_png
 from covid_pipeline.sources import SourceSpec
-from covid_pipeline.synth import chest_image, make_synthetic
+from covid_pipeline.synth import make_synthetic
 from covid_pipeline.training import train_fold
 
 pytestmark = pytest.mark.slow
@@ -73,17 +73,7 @@ def test_adding_images_extracts_only_the_new_ones(tmp_path):
     first, _ = prepare(specs(root), out, settings)
     assert extract_features(first.uri, "VGG16", cfg, out)["extracted_images"] == 24
 
-    # ten more COVID-19 images of five new patients
-    meta = root / "ieee8023" / "metadata.csv"
-    rows = pd.read_csv(meta, dtype=str, keep_default_na=False)
-    rng = np.random.default_rng(7)
-    extra = []
-    for i in range(10):
-        name = f"new-{i}.png"
-        png = encode_png(chest_image(rng, (96, 96), covid=True))
-        (root / "ieee8023" / "images" / name).write_bytes(png)
-        extra.append({**rows.iloc[0].to_dict(), "Patientid": str(900 + i // 2), "filename": name})
-    pd.concat([rows, pd.DataFrame(extra)]).to_csv(meta, index=False)
+    add_covid_images(root, 10, seed=7, first_patient=900, per_patient=2)  # 5 new patients
 
     second, _ = prepare(specs(root), out, settings)
     assert second.version != first.version

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from imagefiles import add_covid_images
 
 from covid_pipeline import storage
 from covid_pipeline.metrics import METRICS
@@ -93,10 +94,7 @@ def test_acceptance_real_samples_smoke_preset_held_out_patients(shared_data, tmp
 
 
 def test_rerun_after_adding_images_extracts_only_new_ones(prefect_api, tmp_path):
-    import numpy as np
-
-    from covid_pipeline.imaging import encode_png
-    from covid_pipeline.synth import chest_image, make_synthetic
+    from covid_pipeline.synth import make_synthetic
 
     root = tmp_path / "data"
     make_synthetic(str(root), covid_patients=6, normals=12, size=96, seed=5)
@@ -106,16 +104,7 @@ def test_rerun_after_adding_images_extracts_only_new_ones(prefect_api, tmp_path)
     first = run(sources, tmp_path / "out", **kw)
     assert [e["extracted_images"] for e in first["extraction"]] == [24]
 
-    meta = root / "ieee8023" / "metadata.csv"
-    rows = pd.read_csv(meta, dtype=str, keep_default_na=False)
-    rng = np.random.default_rng(11)
-    extra = []
-    for i in range(4):
-        name = f"added-{i}.png"
-        (root / "ieee8023" / "images" / name).write_bytes(
-            encode_png(chest_image(rng, (96, 96), covid=True)))
-        extra.append({**rows.iloc[0].to_dict(), "Patientid": str(800 + i), "filename": name})
-    pd.concat([rows, pd.DataFrame(extra)]).to_csv(meta, index=False)
+    add_covid_images(root, 4, seed=11, first_patient=800)
 
     second = run(sources, tmp_path / "out", **kw)
     assert second["dataset_version"] != first["dataset_version"]
