@@ -53,7 +53,8 @@ def build(records: list[dict[str, Any]], failures: dict[str, str], models: list[
         rows.append(row)
     df = pd.DataFrame(rows)
     ok = df["status"] == "ok"
-    ranked = df[ok].sort_values(list(RANK_BY), ascending=False, na_position="last")
+    ranked = df[ok].sort_values([*RANK_BY, "model"], ascending=[False] * len(RANK_BY) + [True],
+                                na_position="last")  # ties ranked by name, deterministically
     ranked.insert(0, "rank", range(1, len(ranked) + 1))
     rest = df[~ok].copy()
     rest.insert(0, "rank", pd.NA)
