@@ -1,0 +1,47 @@
+"""Aggregation: fold records → leaderboard rows, ranks, failures, files."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from covid_pipeline import leaderboard as lb
+from covid_pipeline.metrics import METRICS, fold_metrics
+
+CTX = lb.LeaderboardContext("abc123", "patient", {"COVID-19": 4, "normal": 4}, "cfg1",
+                            "smoke", 2, {"VGG16": 96, "ResNet50": 96, "InceptionV3": 96})
+
+
+def record(model: str, fold: int, probs: list[float]) -> dict:
+    return {"model": model, "fold": fold, "metrics": fold_metrics([1, 1, 0, 0], probs),
+            "timing": {"train_seconds": 1.0}}
+
+
+def test_columns_ranks_failures_and_files(tmp_path):
+    records = [record("VGG16", k, [0.9, 0.8, 0.2, 0.6]) for k in (0, 1)]
+    records += [record("ResNet50", k, [0.9, 0.8, 0.2, 0.1]) for k in (0, 1)]
+    table = lb.build(records, {"InceptionV3": "fold 0: ValueError: input too small"},
+                     ["VGG16", "ResNet50", "InceptionV3"], CTX)
+    required = ["rank", "model", "input_size", "n_folds", "status"]
+    required += [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
+    assert list(table.columns[: len(required)]) == required
+    assert list(table["model"]) == ["ResNet50", "VGG16", "InceptionV3"]
+    assert list(table["rank"].astype(object).where(table["rank"].notna(), None)) == [1, 2, None]
+    assert table.loc[2, "status"] == "failed: fold 0: ValueError: input too small"
+    assert (table["dataset_version"] == "abc123").all() and (table["n_covid19"] == 4).all()
+    assert table.loc[0, "balanced_accuracy_mean"] == 1.0
+    assert table.loc[1, "balanced_accuracy_mean"] == 0.75
+
+    uris = lb.write(table, CTX, [str(tmp_path)])
+    assert pd.read_csv(uris["csv"])["model"].tolist() == ["ResNet50", "VGG16", "InceptionV3"]
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "`abc123`" in md and "**patient**" in md and "COVID-19 4, normal 4" in md
+    assert (tmp_path / "leaderboard.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ties_are_ranked_by_name_and_missing_folds_are_incomplete():
+    records = [record(m, 0, [0.9, 0.8, 0.2, 0.1]) for m in ("VGG16", "ResNet50")]
+    records += [record(m, 1, [0.9, 0.8, 0.2, 0.1]) for m in ("VGG16", "ResNet50")]
+    records += [record("InceptionV3", 0, [0.9, 0.8, 0.2, 0.1])]
+    table = lb.build(records, {}, ["VGG16", "ResNet50", "InceptionV3"], CTX)
+    assert list(table["model"][:2]) == ["ResNet50", "VGG16"]
+    assert table.set_index("model").loc["InceptionV3", "status"] == "incomplete: 1 of 2 folds"
