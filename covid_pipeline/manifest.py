@@ -64,10 +64,6 @@ class SourceScan:
         self.excluded[reason] = self.excluded.get(reason, 0) + 1
 
 
-def empty_manifest() -> pd.DataFrame:
-    return manifest_frame([])
-
-
 def manifest_frame(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     df["label"] = df["label"].astype("int64")

@@ -8,7 +8,6 @@ chooses its cluster by parameter), then aggregation.
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from typing import Any
 
@@ -19,7 +18,7 @@ from prefect.futures import as_completed
 from prefect_dask import DaskTaskRunner
 
 from covid_pipeline import cluster as clusters
-from covid_pipeline import storage, weights, zoo
+from covid_pipeline import weights, zoo
 from covid_pipeline.config import BenchmarkConfig, resolve_config
 from covid_pipeline.dataset import DataSettings
 from covid_pipeline.features import needed_views
@@ -192,7 +191,6 @@ def covid_benchmark(
     folders = [results_root(out, dataset["version"], cfg), out]
     board = aggregate(trained["records"], trained["failures"], list(cfg.models),
                       context.__dict__, folders)
-    logging.getLogger(__name__).debug("leaderboard at %s", board["uris"])
     return {
         "dataset_version": dataset["version"],
         "config_hash": cfg.config_hash(),
@@ -201,5 +199,5 @@ def covid_benchmark(
         "reused": trained["reused"],
         "failures": trained["failures"],
         "extraction": trained["extraction"],
-        "results": storage.join(*folders[:1]),
+        "results": folders[0],
     }
