@@ -33,15 +33,6 @@ def view_angles(seed: int, shas: Sequence[str], view: int, max_degrees: float) -
     )
 
 
-def model_inputs(images, angles, input_size: int, preprocess: Callable | None):
-    """uint8 grey batch [B,H,W,1] + angles [B] → the backbone's float input [B,S,S,3].
-
-    Resize to the model's input size, rotate (bilinear, reflect fill, like Keras'
-    RandomRotation), replicate grey to three channels, then the model's preprocessing.
-    """
-    return rotated_inputs(resize(images, input_size), angles, preprocess)
-
-
 def resize(images, input_size: int):
     """uint8 grey batch → float32 [B,S,S,1] at the model's input size (view-independent)."""
     import tensorflow as tf

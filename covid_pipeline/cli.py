@@ -110,6 +110,9 @@ def add_run_options(p: argparse.ArgumentParser, out_default: str | None = None) 
     p.add_argument("--workers", type=int, default=None, help="local cluster: worker processes")
     p.add_argument("--out", required=out_default is None, default=out_default,
                    help="output folder or s3:// URI")
+    p.add_argument("--credentials-block", default=None, metavar="secret/NAME",
+                   help="object-storage credentials from a Prefect block: secret/NAME "
+                        "(default: the environment)")
 
 
 def run_overrides(args: argparse.Namespace) -> dict:
@@ -129,6 +132,10 @@ def check_run(args: argparse.Namespace, sources: list[str], preset: str) -> None
     for s in sources:
         parse_source(s)
     check(args.cluster)
+    if args.credentials_block:
+        from flows.credentials import check_block_name
+
+        check_block_name(args.credentials_block)
 
 
 def run_benchmark(args: argparse.Namespace, sources: list[str], preset: str) -> dict:
@@ -145,7 +152,7 @@ def run_benchmark(args: argparse.Namespace, sources: list[str], preset: str) -> 
             balance=args.balance, group_by=args.group_by, seed=args.seed, mode=args.mode,
             views=args.feature_views, image_size=args.image_size, input_size=args.input_size,
             cluster=args.cluster, workers=args.workers,
-            source_options=source_options(args),
+            source_options=source_options(args), credentials_block=args.credentials_block,
         )
 
 

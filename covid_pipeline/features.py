@@ -30,11 +30,13 @@ from covid_pipeline.config import BenchmarkConfig
 from covid_pipeline.shards import DatasetInfo, load_dataset, read_parquet
 from covid_pipeline.training import (
     Split,
+    batch_schedule,
     class_weights,
     configure_tensorflow,
-    epoch_order,
+    fit_schedule,
     fresh_head_model,
     load_split,
+    scheduled_batches,
 )
 from covid_pipeline.weights import backbone_weights
 
@@ -96,16 +98,29 @@ def _from_bytes(data: bytes) -> np.ndarray:
 
 
 def read_features(root: str, shas: list[str]) -> dict[str, np.ndarray]:
-    """The cached feature arrays of ``shas`` that exist (missing ones are left out)."""
+    """The cached feature arrays of ``shas`` that exist (missing ones are left out).
 
-    def one(sha: str) -> tuple[str, np.ndarray | None]:
+    Files are fetched by a thread pool but decoded in this thread: ``np.load`` parses the
+    header with ``ast``, which CPython 3.11 does not allow from several threads at once
+    ("AST constructor recursion depth mismatch").
+    """
+
+    def fetch(sha: str) -> bytes | None:
         try:
-            return sha, _from_bytes(storage.read_bytes(feature_uri(root, sha)))
-        except (FileNotFoundError, ValueError, OSError):
-            return sha, None
+            return storage.read_bytes(feature_uri(root, sha))
+        except (FileNotFoundError, OSError):
+            return None
 
     with ThreadPoolExecutor(max_workers=16) as pool:
-        return {s: a for s, a in pool.map(one, shas) if a is not None}
+        blobs = list(pool.map(fetch, shas))
+    out = {}
+    for sha, blob in zip(shas, blobs, strict=True):
+        if blob is not None:
+            try:
+                out[sha] = _from_bytes(blob)
+            except ValueError:  # a foreign or damaged file: recomputed like a missing one
+                continue
+    return out
 
 
 def needed_views(cfg: BenchmarkConfig) -> int:
@@ -123,7 +138,6 @@ def extract_features(dataset_uri: str, model: str, cfg: BenchmarkConfig, out: st
                      ) -> dict[str, Any]:
     """Compute and store features for every image of the dataset that lacks them."""
     import keras
-
 
     info = load_dataset(dataset_uri)
     root = feature_root(out, model, cfg, info.image_size)
@@ -148,10 +162,10 @@ def extract_features(dataset_uri: str, model: str, cfg: BenchmarkConfig, out: st
     keras.mixed_precision.set_global_policy(precision)
     try:
         backbone = zoo.build_backbone(spec, backbone_weights(spec, cfg), input_size=size,
-                                   seed=cfg.seed)
-        feats = backbone_features(backbone, split.images[[index[s] for s in todo]], todo,
-                                  cfg, size, zoo.preprocess_fn(spec), views,
-                                  jit=precision != "float32")
+                                      seed=cfg.seed)
+        forward = feature_function(backbone, zoo.preprocess_fn(spec), jit=precision != "float32")
+        feats = backbone_features(forward, split.images[[index[s] for s in todo]], todo, cfg,
+                                  size, views)
     finally:
         keras.mixed_precision.set_global_policy("float32")
         keras.backend.clear_session()
@@ -163,75 +177,109 @@ def extract_features(dataset_uri: str, model: str, cfg: BenchmarkConfig, out: st
     return stats
 
 
-def backbone_features(backbone, images: np.ndarray, shas: list[str], cfg: BenchmarkConfig,
-                      size: int, preprocess, views: int, jit: bool = False) -> np.ndarray:
-    """float16 [N, views + 1, D]: the backbone on every image under views 0..views.
+def feature_function(backbone, preprocess, jit: bool = False):
+    """The compiled forward pass: resized grey batch + angles → pooled float32 features.
 
-    Each image is resized once (the same op the online path applies per batch), then
-    rotated per view. Batches have one fixed shape (the last one padded) so the forward
-    pass is traced once; ``jit`` compiles it with XLA (worth it on GPUs, not on CPUs).
+    ``jit`` compiles it with XLA (worth it on GPUs, not on CPUs).
     """
     import tensorflow as tf
-
-    # as few batches as extract_batch_size allows, all of one size (the last one padded)
-    n_batches = max(1, -(-len(shas) // cfg.extract_batch_size))
-    bs = -(-len(shas) // n_batches)
 
     @tf.function(jit_compile=jit)
     def forward(batch, angles):
         x = backbone(rotated_inputs(batch, angles, preprocess), training=False)
         return tf.cast(x, tf.float32)
 
-    resized = np.concatenate([resize(tf.constant(images[i : i + bs]), size).numpy()
-                              for i in range(0, len(images), bs)])
-    out = None
-    for v in range(views + 1):
-        angles = view_angles(cfg.seed, shas, v, cfg.rotation_degrees)
-        for start in range(0, len(shas), bs):
-            batch, ang = resized[start : start + bs], angles[start : start + bs]
-            n = len(batch)
-            if n < bs:  # pad to the traced shape
-                batch = np.concatenate([batch, np.zeros((bs - n, *batch.shape[1:]), batch.dtype)])
-                ang = np.concatenate([ang, np.zeros(bs - n, ang.dtype)])
-            f = forward(tf.constant(batch), tf.constant(ang)).numpy()[:n]
-            if out is None:
-                out = np.zeros((len(shas), views + 1, f.shape[-1]), np.float16)
-            out[start : start + n, v] = f.astype(np.float16)
-    return out
+    return forward
 
 
-def head_batches(cfg: BenchmarkConfig, fold: int, x: np.ndarray, labels: np.ndarray):
-    """tf.data of the training batches of every epoch, in order: epoch e's seeded order,
-    features of view ``epoch_view(e)`` (``x`` is [N, views + 1, D])."""
+def resize_all(images: np.ndarray, size: int, step: int) -> np.ndarray:
+    """uint8 grey [N,H,W,1] → float32 [N,S,S,1], once per image (views rotate the result)."""
     import tensorflow as tf
 
-    sel_view, sel_idx, bounds = [], [], [0]
-    for epoch in range(cfg.epochs):
-        order = epoch_order(cfg, fold, epoch, len(labels))
-        for start in range(0, len(order), cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            sel_idx.append(idx)
-            sel_view.append(np.full(len(idx), epoch_view(cfg, epoch)))
-            bounds.append(bounds[-1] + len(idx))
+    if len(images) == 0:
+        return np.zeros((0, size, size, 1), np.float32)
+    return np.concatenate([resize(tf.constant(images[i : i + step]), size).numpy()
+                           for i in range(0, len(images), step)])
+
+
+def run_backbone(forward, resized: np.ndarray, rows: np.ndarray, angles: np.ndarray,
+                 batch_size: int, dtype=np.float32) -> np.ndarray:
+    """[len(rows), D]: ``forward`` on ``resized[rows]`` rotated by ``angles``.
+
+    The pairs are cut into full batches of ``batch_size`` (only the last one padded), so
+    the forward pass is traced once and runs at its batch size's throughput.
+    """
+    import tensorflow as tf
+
+    bs = max(1, min(batch_size, len(rows)))
+    out = None
+    for start in range(0, len(rows), bs):
+        idx, ang = rows[start : start + bs], angles[start : start + bs]
+        k = len(idx)
+        if k < bs:  # pad to the traced shape
+            idx = np.concatenate([idx, np.zeros(bs - k, idx.dtype)])
+            ang = np.concatenate([ang, np.zeros(bs - k, ang.dtype)])
+        f = forward(tf.constant(resized[idx]), tf.constant(ang)).numpy()[:k]
+        if out is None:
+            out = np.empty((len(rows), f.shape[-1]), dtype)
+        out[start : start + k] = f
+    return out if out is not None else np.zeros((0, 0), dtype)
+
+
+def backbone_features(forward, images: np.ndarray, shas: list[str], cfg: BenchmarkConfig,
+                      size: int, views: int) -> np.ndarray:
+    """float16 [N, views + 1, D]: the backbone on every image under views 0..views.
+
+    All (image, view) pairs form one stream of full batches, however few images there are.
+    """
+    n = len(shas)
+    resized = resize_all(images, size, cfg.extract_batch_size)
+    rows = np.tile(np.arange(n), views + 1)
+    angles = np.concatenate([view_angles(cfg.seed, shas, v, cfg.rotation_degrees)
+                             for v in range(views + 1)])
+    feats = run_backbone(forward, resized, rows, angles, cfg.extract_batch_size, np.float16)
+    return feats.reshape(views + 1, n, -1).transpose(1, 0, 2)
+
+
+def head_batches(cfg: BenchmarkConfig, fold: int, x: np.ndarray, labels: np.ndarray,
+                 columns: np.ndarray):
+    """tf.data of the training batches of every epoch, in order, and their count.
+
+    Epoch e trains on features ``x[:, columns[e]]`` (``x`` is [N, C, D]) in its seeded
+    batch order (:func:`covid_pipeline.training.batch_schedule`).
+    """
+    import tensorflow as tf
+
+    rows, epochs, bounds = batch_schedule(cfg, fold, len(labels))
     feats = tf.constant(x)
     ys = tf.constant(labels)
-    views = tf.constant(np.concatenate(sel_view))
-    rows = tf.constant(np.concatenate(sel_idx))
-    starts = tf.constant(bounds[:-1], dtype=tf.int64)
-    ends = tf.constant(bounds[1:], dtype=tf.int64)
+    index = tf.constant(np.stack([rows, columns[epochs] if len(epochs) else epochs], axis=1))
 
     def batch(start, end):
-        r, v = rows[start:end], views[start:end]
-        return tf.gather_nd(feats, tf.stack([r, v], axis=1)), tf.gather(ys, r)
+        return tf.gather_nd(feats, index[start:end]), tf.gather(ys, index[start:end, 0])
 
-    return tf.data.Dataset.from_tensor_slices((starts, ends)).map(batch)
+    return scheduled_batches(bounds, batch), len(bounds) - 1
+
+
+def train_head(cfg: BenchmarkConfig, fold: int, x_train: np.ndarray, labels: np.ndarray,
+               columns: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Train the study's head on features (epoch e on ``x_train[:, columns[e]]``); return
+    the test images' COVID-19 probabilities and the train / predict seconds."""
+    import keras
+
+    keras.utils.set_random_seed(cfg.seed)
+    net = fresh_head_model(cfg, x_train.shape[-1])
+    t0 = time.perf_counter()
+    batches, n_batches = head_batches(cfg, fold, x_train, labels, columns)
+    fit_schedule(net, batches, n_batches, class_weights(cfg, labels))
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    prob = np.asarray(net.predict_on_batch(x_test))[:, 1] if len(x_test) else np.zeros(0)
+    return prob, train_s, time.perf_counter() - t0
 
 
 def train_cached(info: DatasetInfo, model: str, fold: int, cfg: BenchmarkConfig, out: str):
     """Train the head on cached features: epoch e on view ``epoch_view(e)``, test on view 0."""
-    import keras
-
-
     manifest = read_parquet(info.manifest_uri).sort_values("image_id")
     shas = sorted(set(manifest["sha256"].astype(str)))
     # The extraction may have run on another kind of worker (GPU: mixed precision).
@@ -254,19 +302,46 @@ def train_cached(info: DatasetInfo, model: str, fold: int, cfg: BenchmarkConfig,
 
     train, x_train = split(manifest["fold"] != fold)
     test, x_test = split(manifest["fold"] == fold)
+    columns = np.array([epoch_view(cfg, e) for e in range(cfg.epochs)], np.int64)
+    prob, train_s, predict_s = train_head(cfg, fold, x_train, train.labels, columns,
+                                          x_test[:, 0])
+    return test, prob, {"train_seconds": train_s, "predict_seconds": predict_s,
+                        "backbone_passes": 0}
+
+
+def train_online(info: DatasetInfo, model: str, fold: int, cfg: BenchmarkConfig):
+    """The study's procedure: every epoch of the fold sends its rotated training images
+    through the frozen backbone (epoch e: view ``e + 1``'s angles), nothing is kept.
+
+    The backbone is frozen and in inference mode, so its output does not depend on the
+    head's training: each epoch's features are computed first (float32, full batches),
+    then the head trains on them batch by batch exactly as on the whole model.
+    """
+    import keras
+
+    spec = zoo.get(model)
+    size = cfg.input_size or spec.input_size
+    train = load_split(info, [k for k in range(info.n_folds) if k != fold])
+    test = load_split(info, [fold])
+    t0 = time.perf_counter()
+    n, epochs, bs = len(train), cfg.epochs, cfg.extract_batch_size
     keras.utils.set_random_seed(cfg.seed)
-    net = fresh_head_model(cfg, x_train.shape[-1])
-    weights = class_weights(cfg, train.labels)
-    t0 = time.perf_counter()
-    batches = head_batches(cfg, fold, x_train, train.labels)
-    steps = sum(1 for _ in range(cfg.epochs) for _ in range(0, len(train), cfg.batch_size))
-    # One fit over the whole sequence of batches: the same updates, in the same order, as
-    # train_on_batch per batch (the online path), without its per-call overhead.
-    net.fit(batches, epochs=1, steps_per_epoch=steps, class_weight=weights, verbose=0,
-            shuffle=False)
-    train_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    prob = np.asarray(net.predict_on_batch(x_test[:, 0]))[:, 1] if len(test) else np.zeros(0)
-    timing = {"train_seconds": train_s, "predict_seconds": time.perf_counter() - t0,
-              "backbone_passes": 0}
-    return test, prob, timing
+    try:
+        backbone = zoo.build_backbone(spec, backbone_weights(spec, cfg), input_size=size,
+                                      seed=cfg.seed)
+        forward = feature_function(backbone, zoo.preprocess_fn(spec))
+        rows = np.tile(np.arange(n), epochs)
+        angles = np.concatenate([view_angles(cfg.seed, train.shas, e + 1,
+                                             cfg.rotation_degrees)
+                                 for e in range(epochs)]) if n else np.zeros(0, np.float32)
+        x_train = run_backbone(forward, resize_all(train.images, size, bs), rows, angles, bs)
+        x_test = run_backbone(forward, resize_all(test.images, size, bs),
+                              np.arange(len(test)), np.zeros(len(test), np.float32), bs)
+    finally:
+        keras.backend.clear_session()  # the backbone; the cached head stays usable
+    x_train = x_train.reshape(epochs, n, -1).transpose(1, 0, 2)
+    backbone_s = time.perf_counter() - t0
+    prob, train_s, predict_s = train_head(cfg, fold, x_train, train.labels,
+                                          np.arange(epochs), x_test)
+    return test, prob, {"train_seconds": backbone_s + train_s, "predict_seconds": predict_s,
+                        "backbone_passes": n * epochs + len(test)}

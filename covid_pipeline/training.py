@@ -18,12 +18,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from covid_pipeline import storage, zoo
-from covid_pipeline.augment import model_inputs, view_angles
+from covid_pipeline import storage
 from covid_pipeline.config import BenchmarkConfig
 from covid_pipeline.metrics import fold_metrics
 from covid_pipeline.shards import DatasetInfo, load_dataset, parquet_bytes, tfrecord_dataset
-from covid_pipeline.weights import backbone_weights
 
 log = logging.getLogger(__name__)
 
@@ -161,53 +159,48 @@ def class_weights(cfg: BenchmarkConfig, labels: np.ndarray) -> dict[int, float] 
     return {k: float(len(labels) / (2 * max(counts[k], 1))) for k in (0, 1)}
 
 
-def train_online(info: DatasetInfo, model_name: str, fold: int, cfg: BenchmarkConfig
-                 ) -> tuple[Split, np.ndarray, dict[str, Any]]:
-    """The study's procedure: rotated images through the frozen backbone every epoch."""
-    import keras
+def batch_schedule(cfg: BenchmarkConfig, fold: int, n: int
+                   ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Every training batch of every epoch, in order: ``(rows, epochs, bounds)``.
+
+    Batch b holds training rows ``rows[bounds[b]:bounds[b + 1]]`` (epoch e's seeded order,
+    cut into ``batch_size`` pieces) of epoch ``epochs[bounds[b]]``. The online and cached
+    paths both train on exactly these batches.
+    """
+    rows, epochs, bounds = [], [], [0]
+    for epoch in range(cfg.epochs):
+        order = epoch_order(cfg, fold, epoch, n)
+        for start in range(0, n, cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            rows.append(idx)
+            epochs.append(np.full(len(idx), epoch))
+            bounds.append(bounds[-1] + len(idx))
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), [0]
+    return np.concatenate(rows), np.concatenate(epochs), bounds
+
+
+def scheduled_batches(bounds: list[int], batch):
+    """tf.data of ``batch(start, end)`` for each scheduled batch, prefetched.
+
+    Batches of every size go through one traced train step (the batch dimension is left
+    unknown), where ``train_on_batch`` would trace once per distinct batch size.
+    """
     import tensorflow as tf
 
-    spec = zoo.get(model_name)
-    size = cfg.input_size or spec.input_size
-    preprocess = zoo.preprocess_fn(spec)
-    train = load_split(info, [k for k in range(info.n_folds) if k != fold])
-    test = load_split(info, [fold])
-    keras.utils.set_random_seed(cfg.seed)
-    backbone = zoo.build_backbone(spec, backbone_weights(spec, cfg), input_size=size,
-                                   seed=cfg.seed)
-    backbone.trainable = False
-    head = build_head(cfg)
-    inputs = keras.Input((size, size, 3))
-    model = keras.Model(inputs, head(backbone(inputs, training=False)))
-    compile_model(model, cfg)
-    weights = class_weights(cfg, train.labels)
+    starts = tf.constant(bounds[:-1], dtype=tf.int64)
+    ends = tf.constant(bounds[1:], dtype=tf.int64)
+    return (tf.data.Dataset.from_tensor_slices((starts, ends)).map(batch)
+            .prefetch(tf.data.AUTOTUNE))
 
-    prepare = tf.function(lambda images, angles: model_inputs(images, angles, size, preprocess),
-                          reduce_retracing=True)
-    t0 = time.perf_counter()
-    passes = 0
-    for epoch in range(cfg.epochs):
-        angles = view_angles(cfg.seed, train.shas, epoch + 1, cfg.rotation_degrees)
-        order = epoch_order(cfg, fold, epoch, len(train))
-        for start in range(0, len(order), cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            x = prepare(tf.constant(train.images[idx]), tf.constant(angles[idx]))
-            model.train_on_batch(x, train.labels[idx], class_weight=weights)
-            passes += len(idx)
-    train_s = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    probs = []
-    zeros = np.zeros(len(test), np.float32)
-    for start in range(0, len(test), cfg.extract_batch_size):
-        sl = slice(start, start + cfg.extract_batch_size)
-        x = prepare(tf.constant(test.images[sl]), tf.constant(zeros[sl]))
-        probs.append(np.asarray(model.predict_on_batch(x))[:, 1])
-    passes += len(test)
-    prob = np.concatenate(probs) if probs else np.zeros(0, np.float32)
-    timing = {"train_seconds": train_s, "predict_seconds": time.perf_counter() - t0,
-              "backbone_passes": passes}
-    return test, prob, timing
+def fit_schedule(net, batches, n_batches: int,
+                 weights: dict[int, float] | None) -> None:
+    """One ``fit`` over the scheduled batches: the same updates, in the same order, as
+    ``train_on_batch`` per batch, without its per-call overhead."""
+    if n_batches:
+        net.fit(batches, epochs=1, steps_per_epoch=n_batches, class_weight=weights,
+                verbose=0, shuffle=False)
 
 
 def train_fold(dataset_uri: str, model_name: str, fold: int, cfg: BenchmarkConfig,
@@ -221,18 +214,13 @@ def train_fold(dataset_uri: str, model_name: str, fold: int, cfg: BenchmarkConfi
             record["reused"] = True
             return record
     configure_tensorflow()
-    import keras
+    from covid_pipeline.features import train_cached, train_online
 
     started = time.time()
-    try:
-        if cfg.mode == "cached":
-            from covid_pipeline.features import train_cached
-
-            test, prob, timing = train_cached(info, model_name, fold, cfg, out)
-        else:
-            test, prob, timing = train_online(info, model_name, fold, cfg)
-    finally:
-        keras.backend.clear_session()
+    if cfg.mode == "cached":
+        test, prob, timing = train_cached(info, model_name, fold, cfg, out)
+    else:
+        test, prob, timing = train_online(info, model_name, fold, cfg)
     pred_uri = storage.join(results_root(out, info.version, cfg), model_name,
                             f"fold-{fold}.predictions.parquet")
     storage.write_bytes(pred_uri, parquet_bytes(pd.DataFrame({

@@ -36,10 +36,11 @@ class DeploymentSpec:
 
 
 def table(sources: list[str], out: str, preset: str, cluster: str, weights: str | None,
-          cron: str, watch_seconds: int, config_file: str | None = None
-          ) -> list[DeploymentSpec]:
+          cron: str, watch_seconds: int, config_file: str | None = None,
+          credentials_block: str | None = None) -> list[DeploymentSpec]:
     """The deployments: the scheduled/triggered benchmark and the data-set watcher."""
-    bench = {"sources": sources, "out": out, "preset": preset, "cluster": cluster}
+    access = {"credentials_block": credentials_block} if credentials_block else {}
+    bench = {"sources": sources, "out": out, "preset": preset, "cluster": cluster, **access}
     if weights:
         bench["weights_source"] = weights
     if config_file:
@@ -64,7 +65,7 @@ def table(sources: list[str], out: str, preset: str, cluster: str, weights: str 
             entrypoint="flows/watcher.py:dataset_watcher",
             description=f"Fingerprints the sources; emits {EVENT} when one changed.",
             interval_seconds=watch_seconds,
-            parameters={"sources": sources, "out": out},
+            parameters={"sources": sources, "out": out, **access},
         ),
     ]
 
@@ -128,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cron", default="0 3 * * 1", help="benchmark schedule (weekly)")
     p.add_argument("--watch-seconds", type=int, default=300)
     p.add_argument("--pool", default="covid-process", help="work pool (deploy)")
+    p.add_argument("--credentials-block", default=None, metavar="secret/NAME",
+                   help="object-storage credentials from a Prefect Secret block: secret/NAME")
     args = p.parse_args(argv)
 
     from covid_pipeline.config import resolve_config
@@ -136,8 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     resolve_config(args.preset, config_file=args.config, weights=args.weights)
     for s in args.source:
         parse_source(s)
+    if args.credentials_block:
+        from flows.credentials import check_block_name
+
+        check_block_name(args.credentials_block)
     specs = table(args.source, args.out, args.preset, args.cluster, args.weights, args.cron,
-                  args.watch_seconds, args.config)
+                  args.watch_seconds, args.config, args.credentials_block)
     if args.action == "show":
         for spec in specs:
             print(spec)

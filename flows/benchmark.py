@@ -25,6 +25,7 @@ from covid_pipeline.features import needed_views
 from covid_pipeline.leaderboard import LeaderboardContext
 from covid_pipeline.sources import parse_source
 from covid_pipeline.training import results_root
+from flows import credentials
 from tasks.data import balance_and_folds, ingest_sources, write_shards
 from tasks.features import extract_features_task
 from tasks.report import aggregate
@@ -145,10 +146,13 @@ def covid_benchmark(
     workers: int | None = None,
     source_options: dict[str, dict] | None = None,
     triggered_by: str | None = None,
+    credentials_block: str | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark on ``sources`` and write the leaderboard under ``out``.
 
-    ``triggered_by`` is the id of the event that started this run, if any.
+    ``triggered_by`` is the id of the event that started this run, if any;
+    ``credentials_block`` names a Prefect block with object-storage credentials
+    (``secret/<name>``, see flows/credentials.py).
     """
     logger = get_run_logger()
     if triggered_by:
@@ -167,6 +171,10 @@ def covid_benchmark(
     settings.validate()
     spec = clusters.resolve(cluster, len(cfg.models) * cfg.folds, workers)
     weights.preflight(cfg)
+    if credentials_block:  # before the local cluster starts: its workers inherit them
+        names = credentials.apply_block(credentials_block)
+        logger.info("storage credentials from block %s (%s)", credentials_block,
+                    ", ".join(names))
 
     data = settings.as_dict()
     staged = ingest_sources([str(s) for s in specs], out, data)

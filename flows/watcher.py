@@ -13,6 +13,7 @@ from prefect.events import emit_event
 
 from covid_pipeline import fingerprint as fp
 from covid_pipeline.sources import parse_source
+from flows import credentials
 
 EVENT = "covid.dataset.updated"
 
@@ -28,9 +29,14 @@ def fingerprint_source(source: str, out: str) -> dict:
 
 
 @flow(name="dataset-watcher", log_prints=True)
-def dataset_watcher(sources: list[str], out: str) -> list[str]:
-    """Emit one ``covid.dataset.updated`` event when any source changed; return them."""
+def dataset_watcher(sources: list[str], out: str, credentials_block: str | None = None
+                    ) -> list[str]:
+    """Emit one ``covid.dataset.updated`` event when any source changed; return them.
+
+    ``credentials_block``: object-storage credentials (see flows/credentials.py).
+    """
     logger = get_run_logger()
+    credentials.apply_block(credentials_block)
     checks = {s: fingerprint_source(s, out) for s in sources}
     changed = [s for s, c in checks.items() if c["changed"]]
     if not changed:

@@ -10,7 +10,12 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import pytest
+
 from covid_pipeline import storage
+from covid_pipeline.metrics import METRICS
 from covid_pipeline.shards import read_parquet, verify_dataset
 from covid_pipeline.synth import make_synthetic
 
@@ -75,3 +80,46 @@ def test_threads_writing_one_content_addressed_file_leave_it_intact(tmp_path):
     assert hashlib.sha256(Path(uri).read_bytes()).hexdigest() in digests
     assert seen and set(seen) <= digests
     assert temp_litter(tmp_path) == []
+
+
+@pytest.mark.slow
+@pytest.mark.flow
+def test_two_benchmark_runs_at_once_share_features_and_results(prefect_api, synth_root,
+                                                                tmp_path):
+    """Two whole flows on one --out: one dataset, intact features, each fold result once."""
+    config = tmp_path / "cached.yaml"
+    config.write_text("preset: smoke\nmode: cached\nfolds: 3\nepochs: 2\ninput_size: 48\n"
+                      "batch_size: 8\n")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "covid_pipeline.cli", "run", "--config", str(config),
+           "--models", "ResNet50", "--weights", "none", "--workers", "1", "--out", str(out),
+           "--source", f"ieee8023={synth_root / 'ieee8023'}",
+           "--source", f"rsna={synth_root / 'rsna'}"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=env) for _ in range(2)]
+    outputs = [p.communicate(timeout=900)[0] for p in procs]
+    for p, output in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, output[-3000:]
+    versions = {line for o in outputs for line in o.splitlines()
+                if line.startswith("dataset version:")}
+    assert len(versions) == 1, versions
+
+    (dataset,) = (out / "datasets").iterdir()
+    assert verify_dataset(str(dataset)) == []
+    n_images = len(read_parquet(str(dataset / "manifest.parquet")))
+    feature_files = sorted(out.glob("features/ResNet50/*/*/*.npy"))
+    assert len(feature_files) == n_images
+    shapes = {np.load(f, allow_pickle=False).shape for f in feature_files}
+    assert len(shapes) == 1 and next(iter(shapes))[0] == 3  # view 0 + one per epoch
+
+    folds = sorted(out.glob("results/*/*/ResNet50/fold-*.json"))
+    assert [f.name for f in folds] == ["fold-0.json", "fold-1.json", "fold-2.json"]
+    for f in folds:
+        record = json.loads(f.read_text())
+        assert record["model"] == "ResNet50" and set(record["metrics"]) >= set(METRICS)
+        assert storage.exists(record["predictions_uri"])
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert list(board["model"]) == ["ResNet50"]
+    assert board.loc[0, "status"] == "ok" and board.loc[0, "n_folds"] == 3
+    assert temp_litter(out) == []

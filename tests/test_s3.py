@@ -94,3 +94,36 @@ def test_errors_never_show_the_secret(s3, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1
     assert os.environ["AWS_SECRET_ACCESS_KEY"] not in err
+
+
+def test_flow_takes_credentials_from_a_prefect_secret_block(s3, prefect_api, monkeypatch):
+    """No AWS_* in the environment: the flow and its local workers get them from a block."""
+    import s3fs
+    from prefect.blocks.system import Secret
+    from prefect.client.orchestration import get_client
+
+    from flows.benchmark import covid_benchmark
+
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"]
+    Secret(value={"aws_access_key_id": os.environ["AWS_ACCESS_KEY_ID"],
+                  "aws_secret_access_key": secret,
+                  "endpoint_url": os.environ["AWS_ENDPOINT_URL"]}).save("moto-s3",
+                                                                        overwrite=True)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name)
+    s3fs.S3FileSystem.clear_instance_cache()
+    result = covid_benchmark(
+        sources=[f"ieee8023=s3://{BUCKET}/data/ieee8023", f"rsna=s3://{BUCKET}/data/rsna"],
+        out=f"s3://{BUCKET}/from-block", preset="smoke", models=["VGG16"], folds=2, epochs=1,
+        input_size=32, image_size=64, weights_source="none", cluster="local", workers=1,
+        credentials_block="secret/moto-s3")
+    assert result["leaderboard"]["csv"] == f"s3://{BUCKET}/from-block/leaderboard.csv"
+    board = pd.read_csv(io.BytesIO(s3.cat_file(f"{BUCKET}/from-block/leaderboard.csv")))
+    assert list(board["status"]) == ["ok"]
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs()
+        logs = client.read_logs(limit=500)
+    mine = [r for r in runs if r.parameters.get("credentials_block") == "secret/moto-s3"]
+    assert mine and all(secret not in str(r.parameters) for r in runs)
+    assert any("secret/moto-s3" in log.message for log in logs)
+    assert not [log.message for log in logs if secret in log.message]
