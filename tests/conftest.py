@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,20 +44,20 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory):
         yield url
 
 
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory):
-    """A real ``prefect server start`` (SQLite) on loopback; yields its API URL."""
+@contextlib.contextmanager
+def running_prefect_server(home: Path, **env_extra: str) -> Iterator[tuple[str, Path]]:
+    """A real ``prefect server start`` (SQLite) on loopback: yields (API URL, log file)."""
     import subprocess
     import sys
     import time
     import urllib.request
 
-    home = tmp_path_factory.mktemp("prefect-server-home")
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"}
+           "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api", **env_extra}
     env.pop("PREFECT_API_URL", None)
-    log = open(home / "server.log", "wb")  # noqa: SIM115 - closed below
+    log_path = home / "server.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host",
          "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -70,10 +72,17 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory):
             pass
         if proc.poll() is not None or time.time() > deadline:
             proc.kill()
-            raise RuntimeError(f"prefect server did not start: {(home / 'server.log').read_text()}")
+            raise RuntimeError(f"prefect server did not start: {log_path.read_text()}")
         time.sleep(1)
     try:
-        yield api
+        yield api, log_path
     finally:
         stop(proc)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real ``prefect server start`` (SQLite) on loopback; yields its API URL."""
+    with running_prefect_server(tmp_path_factory.mktemp("prefect-server-home")) as (api, _):
+        yield api

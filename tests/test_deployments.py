@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -42,8 +43,6 @@ def test_served_deployments_schedules_event_and_triggered_run(prefect_server, sy
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.watcher import dataset_watcher
-
     out = tmp_path / "out"
     config = tmp_path / "tiny.yaml"
     config.write_text("preset: smoke\nmodels: [VGG16]\nfolds: 2\nepochs: 1\ninput_size: 32\n")
@@ -71,9 +70,19 @@ def test_served_deployments_schedules_event_and_triggered_run(prefect_server, sy
             watch = [s.schedule for s in deps["dataset-watcher"].schedules]
             assert [s.interval.total_seconds() for s in watch] == [3600]
 
-            changed = dataset_watcher(sources, str(out))  # emits covid.dataset.updated
-            assert changed == sources
-            assert dataset_watcher(sources, str(out)) == []  # nothing changed since
+            # The watcher runs as a deployment would run it: a flow process of its own,
+            # pointed at this server (this test process' event client may already be
+            # bound to another test's API).
+            def watch() -> list[str]:
+                code = ("import json, sys; from flows.watcher import dataset_watcher; "
+                        "print(json.dumps(dataset_watcher(json.loads(sys.argv[1]), sys.argv[2])))")
+                done = subprocess.run([sys.executable, "-c", code, json.dumps(sources), str(out)],
+                                      env=env, capture_output=True, text=True, timeout=300)
+                assert done.returncode == 0, done.stderr[-2000:]
+                return json.loads(done.stdout.strip().splitlines()[-1])
+
+            assert watch() == sources  # emits covid.dataset.updated
+            assert watch() == []  # nothing changed since
 
             bench_id = deps["covid-benchmark"].id
 

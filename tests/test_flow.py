@@ -28,7 +28,7 @@ def read_artifact(key: str):
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-    return found
+    return sorted(found, key=lambda a: a.created)  # the session's API holds other runs' too
 
 
 def test_two_models_two_folds_leaderboard_and_artifact(prefect_api, synth_root, tmp_path):
