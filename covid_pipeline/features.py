@@ -315,7 +315,8 @@ def train_online(info: DatasetInfo, model: str, fold: int, cfg: BenchmarkConfig)
 
     The backbone is frozen and in inference mode, so its output does not depend on the
     head's training: each epoch's features are computed first (float32, full batches),
-    then the head trains on them batch by batch exactly as on the whole model.
+    then the head trains on them batch by batch exactly as on the whole model. They are
+    held in memory: train images x epochs x width floats (~0.3 GB at the paper's scale).
     """
     import keras
 
