@@ -235,7 +235,7 @@ def test_unusable_data_fails_in_one_line_before_writing(case, good, tmp_path):
 
 
 # ``run`` must reject bad parameters before Prefect starts: the driver replaces the flow and
-# the temporary Prefect API by stubs that fail loudly (exit 3) if they are ever reached.
+# the temporary Prefect API by tripwires that fail loudly (exit 3) if they are ever reached.
 RUN_DRIVER = """
 import sys, types
 def started(*a, **k):
@@ -258,7 +258,7 @@ RUN_CASES = {
 }
 
 
-def test_run_driver_reaches_the_stub_when_parameters_are_fine(good, tmp_path):
+def test_run_driver_reaches_the_tripwire_when_parameters_are_fine(good, tmp_path):
     proc = run_cli(["run", "--preset", "smoke", *sources(good), "--out", str(tmp_path / "o")],
                    RUN_DRIVER)
     assert proc.returncode == 3 and "Prefect was reached" in proc.stderr

@@ -194,6 +194,15 @@ def test_build_every_model(name: str, fresh_keras) -> None:
     size = spec.input_size
     assert model.input_shape == (None, size, size, 3)
     assert model.output_shape == (None, zoo.feature_width(spec))
+    # The extraction path itself: grey images, rotation, the model's preprocessing, the
+    # backbone, traced as in extract_features (autograph off).
+    from covid_pipeline.features import feature_function
+
+    forward = feature_function(model, zoo.preprocess_fn(spec))
+    grey = np.random.default_rng(0).uniform(0, 255, (2, size, size, 1)).astype("float32")
+    feats = forward(grey, np.array([0.0, 0.5], np.float32)).numpy()
+    assert feats.shape == (2, zoo.feature_width(spec)) and feats.dtype == np.float32
+    assert np.isfinite(feats).all()
 
 
 class _Requested(Exception):
