@@ -18,8 +18,10 @@ import io
 import json
 import logging
 import os
+import posixpath
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -87,14 +89,40 @@ def feature_uri(root: str, sha: str) -> str:
     return storage.join(root, sha[:2], f"{sha}.npy")
 
 
-def _to_bytes(arr: np.ndarray) -> bytes:
+def encode_features(arr: np.ndarray) -> bytes:
+    """``.npy`` bytes of a feature array (no pickles)."""
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=False)
     return buf.getvalue()
 
 
-def _from_bytes(data: bytes) -> np.ndarray:
+def decode_features(data: bytes) -> np.ndarray:
+    """The array in ``.npy`` bytes; refuses pickled objects."""
     return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+@cache
+def _file_size(rows: int, width: int) -> int:
+    """Bytes of a float16 ``[rows, width]`` feature file as :func:`encode_features` writes it."""
+    return len(encode_features(np.zeros((rows, width), np.float16)))
+
+
+def stored_views(root: str, width: int) -> dict[str, int]:
+    """Rotated views held by each feature file under ``root``, from a listing of sizes.
+
+    Costs one listing instead of reading every file (one GET per image on S3). A file
+    whose size fits no float16 ``[views + 1, width]`` array (foreign, another width, a
+    temporary left by a killed writer) is left out and so recomputed like a missing one.
+    """
+    out = {}
+    for rel, size in storage.file_sizes(root).items():
+        sha, ext = posixpath.splitext(posixpath.basename(rel))
+        if ext != ".npy" or rel != f"{sha[:2]}/{sha}.npy":
+            continue
+        rows = (size - _file_size(1, width)) // (2 * width) + 1
+        if rows >= 1 and _file_size(rows, width) == size:
+            out[sha] = rows - 1
+    return out
 
 
 def read_features(root: str, shas: list[str]) -> dict[str, np.ndarray]:
@@ -117,9 +145,10 @@ def read_features(root: str, shas: list[str]) -> dict[str, np.ndarray]:
     for sha, blob in zip(shas, blobs, strict=True):
         if blob is not None:
             try:
-                out[sha] = _from_bytes(blob)
-            except ValueError:  # a foreign or damaged file: recomputed like a missing one
-                continue
+                out[sha] = decode_features(blob)
+            except ValueError:  # a foreign or damaged file: training reports it missing
+                log.warning("%s: unreadable feature file; delete it and the next extraction "
+                            "recomputes it", feature_uri(root, sha))
     return out
 
 
@@ -144,10 +173,10 @@ def extract_features(dataset_uri: str, model: str, cfg: BenchmarkConfig, out: st
     views = needed_views(cfg)
     manifest = read_parquet(info.manifest_uri)
     shas = sorted(set(manifest["sha256"].astype(str)))
-    have = {s: a for s, a in read_features(root, shas).items() if a.shape[0] >= views + 1}
-    todo = [s for s in shas if s not in have]
+    stored = stored_views(root, zoo.feature_width(zoo.get(model)))
+    todo = [s for s in shas if stored.get(s, -1) < views]
     stats = {"model": model, "images": len(shas), "extracted_images": len(todo),
-             "reused_images": len(have), "backbone_passes": 0, "seconds": 0.0,
+             "reused_images": len(shas) - len(todo), "backbone_passes": 0, "seconds": 0.0,
              "feature_root": root}
     if not todo:
         return stats
@@ -171,7 +200,7 @@ def extract_features(dataset_uri: str, model: str, cfg: BenchmarkConfig, out: st
         keras.backend.clear_session()
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(lambda i: storage.write_bytes(feature_uri(root, todo[i]),
-                                                    _to_bytes(feats[i])), range(len(todo))))
+                                                    encode_features(feats[i])), range(len(todo))))
     stats["backbone_passes"] = len(todo) * (views + 1)
     stats["seconds"] = time.perf_counter() - t0
     return stats

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from imagefiles import add_covid_images
 
-from covid_pipeline import augment
+from covid_pipeline import augment, storage
 from covid_pipeline.config import resolve_config
 from covid_pipeline.dataset import DataSettings, prepare
-from covid_pipeline.features import epoch_view, extract_features
+from covid_pipeline.features import encode_features, epoch_view, extract_features, stored_views
 from covid_pipeline.sources import SourceSpec
 from covid_pipeline.synth import make_synthetic
 from covid_pipeline.training import train_fold
@@ -37,6 +37,23 @@ def test_epoch_views():
     assert [epoch_view(cfg, e) for e in range(6)] == [1, 2, 3, 4, 5, 6]
     cfg = resolve_config("smoke", epochs=6, views=4)
     assert [epoch_view(cfg, e) for e in range(6)] == [1, 2, 3, 4, 1, 2]
+
+
+def test_stored_views_come_from_file_sizes_alone(tmp_path):
+    root, width = str(tmp_path / "features"), 48
+    assert stored_views(root, width) == {}  # no folder yet
+
+    def put(sha: str, data: bytes, name: str | None = None) -> None:
+        storage.write_bytes(storage.join(root, sha[:2], name or f"{sha}.npy"), data)
+
+    a, b, c, d, e = (f"{i}" * 64 for i in "abcde")
+    put(a, encode_features(np.ones((121, width), np.float16)))  # 120 views
+    put(b, encode_features(np.ones((1, width), np.float16)))  # view 0 only
+    put(c, encode_features(np.ones((3, width), np.float16))[:-7])  # cut short
+    put(d, encode_features(np.ones((3, 2 * width + 1), np.float16)))  # another model's width
+    put(e, encode_features(np.ones((3, width), np.float16)), name=".tmp-x1")  # killed writer
+    storage.write_bytes(storage.join(root, "zz", f"{a}.npy"), b"")  # wrong folder
+    assert stored_views(root, width) == {a: 120, b: 0}
 
 
 def test_online_and_cached_give_the_same_predictions(tmp_path):

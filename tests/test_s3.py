@@ -130,3 +130,19 @@ def test_flow_takes_credentials_from_a_prefect_secret_block(s3, prefect_api, mon
             flow_run_id=LogFilterFlowRunId(any_=[r.id for r in mine])))
     assert any("secret/moto-s3" in log.message for log in logs)
     assert not [log.message for log in logs if secret in log.message]
+
+
+def test_feature_views_come_from_an_s3_listing(s3):
+    """The extraction's reuse check lists sizes on S3 instead of reading every file."""
+    import numpy as np
+
+    from covid_pipeline import storage
+    from covid_pipeline.features import encode_features, feature_uri, stored_views
+
+    root, width = f"s3://{BUCKET}/features-listing/VGG16/abc", 16
+    assert stored_views(root, width) == {}
+    a, b = "a" * 64, "b" * 64
+    storage.write_bytes(feature_uri(root, a), encode_features(np.ones((5, width), np.float16)))
+    assert stored_views(root, width) == {a: 4}  # seen at once: no stale listing
+    storage.write_bytes(feature_uri(root, b), encode_features(np.ones((1, width), np.float16)))
+    assert stored_views(root, width) == {a: 4, b: 0}
