@@ -315,15 +315,17 @@ def train_cached(info: DatasetInfo, model: str, fold: int, cfg: BenchmarkConfig,
     shas = sorted(set(manifest["sha256"].astype(str)))
     # The extraction may have run on another kind of worker (GPU: mixed precision).
     here = backbone_precision()
+    found: dict[str, np.ndarray] = {}
     for precision in (here, *(p for p in PRECISIONS if p != here)):
-        root = feature_root(out, model, cfg, info.image_size, precision)
-        feats = read_features(root, shas)
+        feats = read_features(feature_root(out, model, cfg, info.image_size, precision), shas)
         if len(feats) == len(shas):
             break
+        found = max(found, feats, key=len)
     else:
-        raise RuntimeError(f"{len(shas) - len(feats)} images have no cached features for "
-                           f"{model} under {storage.join(out, 'features', model)}; "
-                           "run the feature-extraction task first")
+        raise RuntimeError(f"{len(shas) - len(found)} of {len(shas)} images have no readable "
+                           f"cached features for {model} under "
+                           f"{storage.join(out, 'features', model)}; run the feature-extraction "
+                           "task first (an unreadable file is logged with its URI: delete it)")
 
     def split(mask) -> tuple[Split, np.ndarray]:
         part = manifest[mask]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +12,14 @@ from imagefiles import add_covid_images
 from covid_pipeline import augment, storage
 from covid_pipeline.config import resolve_config
 from covid_pipeline.dataset import DataSettings, prepare
-from covid_pipeline.features import encode_features, epoch_view, extract_features, stored_views
+from covid_pipeline.features import (
+    encode_features,
+    epoch_view,
+    extract_features,
+    stored_views,
+    train_cached,
+)
+from covid_pipeline.shards import load_dataset
 from covid_pipeline.sources import SourceSpec
 from covid_pipeline.synth import make_synthetic
 from covid_pipeline.training import train_fold
@@ -80,7 +89,7 @@ def test_online_and_cached_give_the_same_predictions(tmp_path):
     np.testing.assert_allclose(preds["cached"], preds["online"], atol=2e-3)
 
 
-def test_adding_images_extracts_only_the_new_ones(tmp_path):
+def test_adding_images_extracts_only_the_new_ones(tmp_path, caplog):
     root = tmp_path / "data"
     make_synthetic(str(root), covid_patients=6, normals=12, size=96, seed=4)
     out = str(tmp_path / "out")
@@ -102,3 +111,15 @@ def test_adding_images_extracts_only_the_new_ones(tmp_path):
     more_views = resolve_config("smoke", models=["VGG16"], weights="none", epochs=4, folds=2,
                                 input_size=32, balance="none")
     assert extract_features(second.uri, "VGG16", more_views, out)["extracted_images"] == 34
+
+
+    # A damaged file of the right size passes the listing; training names it and the fix.
+    damaged = sorted((tmp_path / "out" / "features" / "VGG16").rglob("*.npy"))[0]
+    damaged.write_bytes(b"garbage!" + damaged.read_bytes()[8:])
+    assert extract_features(second.uri, "VGG16", cfg, out)["extracted_images"] == 0
+    with caplog.at_level(logging.WARNING, logger="covid_pipeline.features"), \
+            pytest.raises(RuntimeError, match="1 of 34 images have no readable cached"):
+        train_cached(load_dataset(second.uri), "VGG16", 0, cfg, out)
+    assert str(damaged) in caplog.text and "delete it" in caplog.text
+    damaged.unlink()
+    assert extract_features(second.uri, "VGG16", cfg, out)["extracted_images"] == 1
