@@ -58,13 +58,14 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
     progress = create_progress_artifact(progress=0.0, key="training-progress",
                                         description=f"{len(pairs)} (model, fold) tasks")
     gpu_work = dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext()
+    # Dask priority = expected GMACs (a float: higher runs first, small data sets keep order)
     costs = {m: expected_cost(m, cfg, n_images) for m in cfg.models}
     t0 = time.perf_counter()
     extract = {}
     if cfg.mode == "cached":
         with gpu_work:
             for model in sorted(cfg.models, key=costs.get, reverse=True):
-                with dask.annotate(priority=priority(costs[model])):
+                with dask.annotate(priority=costs[model]):
                     extract[model] = extract_features_task.submit(dataset_uri, model, config,
                                                                   out)
     futures = {}
@@ -73,7 +74,7 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
             fut = train_fold_task.submit(dataset_uri, model, fold, config, out,
                                          wait_for=[extract[model]])
         else:
-            with gpu_work, dask.annotate(priority=priority(costs[model])):
+            with gpu_work, dask.annotate(priority=costs[model]):
                 fut = train_fold_task.submit(dataset_uri, model, fold, config, out)
         futures[fut] = (model, fold)
     records: list[dict] = []
@@ -95,10 +96,6 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
                 len(records), reused, len(failures))
     return {"records": records, "failures": failures, "reused": reused,
             "extraction": extraction, "wall_seconds": wall}
-
-
-def priority(cost: float) -> int:
-    return int(min(cost, 1e12))
 
 
 def extract_error(fut) -> str | None:

@@ -1,14 +1,15 @@
-"""GPU work reaches only workers that advertise the GPU resource.
+"""GPU work reaches only workers that advertise the GPU resource, heaviest model first.
 
 A cluster as an operator starts one: ``dask scheduler`` and two ``dask worker`` processes on
 loopback, ``gpu0`` with ``--resources GPU=1`` and ``cpu0`` without. The flow is pointed at
-the scheduler's address (``--cluster tcp://...``); the scheduler's task stream tells which
-worker ran each task.
+the scheduler's address (``--cluster tcp://...``); a scheduler plugin records the
+annotations each task arrives with, and the task stream tells which worker ran it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,8 +28,8 @@ def scheduler(prefect_api) -> Iterator[str]:
     """A ``dask scheduler`` with workers ``gpu0`` (GPU=1) and ``cpu0``; yields its address."""
     dask = str(Path(sys.executable).parent / "dask")
     address = f"tcp://127.0.0.1:{free_port()}"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(  # tests/: the scheduler plugin
+        p for p in (str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH")) if p)}
     common = ["--host", "127.0.0.1", "--nthreads", "1", "--no-dashboard"]
     procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port",
                                address.rsplit(":", 1)[1], "--no-dashboard"], env=env, cwd=ROOT)]
@@ -49,11 +50,15 @@ def scheduler(prefect_api) -> Iterator[str]:
             stop(proc)
 
 
-def test_extraction_runs_only_on_the_gpu_worker(scheduler, synth_root, tmp_path):
+def test_extraction_runs_only_on_the_gpu_worker_heaviest_first(scheduler, synth_root, tmp_path):
+    from dask_probe import GraphProbe, seen
     from distributed import Client
+
+    from covid_pipeline import zoo
 
     with Client(scheduler) as client:
         names = {addr: w["name"] for addr, w in client.scheduler_info()["workers"].items()}
+        client.register_plugin(GraphProbe())
         client.get_task_stream()  # installs the scheduler's task-stream plugin
         out = tmp_path / "out"
         run = subprocess.run(
@@ -65,13 +70,28 @@ def test_extraction_runs_only_on_the_gpu_worker(scheduler, synth_root, tmp_path)
             capture_output=True, text=True, timeout=900, cwd=ROOT)
         assert run.returncode == 0, run.stderr[-3000:]
         stream = client.get_task_stream()
+        annotations = client.run_on_scheduler(seen)
 
-    ran: dict[str, list[str]] = {"extract": [], "train": []}
+    ran: dict[str, list[tuple[float, str, str]]] = {"extract": [], "train": []}
     for record in stream:
-        for kind, where in ran.items():
+        for kind, tasks in ran.items():
             if kind in str(record["key"]):
-                where.append(names[record["worker"]])
+                start = min(s["start"] for s in record["startstops"])
+                tasks.append((start, str(record["key"]), names[record["worker"]]))
+    extract, train = sorted(ran["extract"]), ran["train"]
     # Two extraction tasks and two idle one-thread workers: without the GPU restriction
     # Dask would give one to each worker.
-    assert ran["extract"] == ["gpu0", "gpu0"], ran
-    assert len(ran["train"]) == len(MODELS) * 2, ran  # head training: any worker
+    assert [worker for _, _, worker in extract] == ["gpu0", "gpu0"], ran
+    assert len(train) == len(MODELS) * 2, ran  # head training: any worker
+    assert all("resources" not in annotations[key] for _, key, _ in train)
+    assert all(annotations[key]["resources"] == {"GPU": 1} for _, key, _ in extract)
+    # Dask priorities in proportion to the backbone work (images and views are the same for
+    # both models), and the heavier model (VGG16) extracted first.
+    first, second = (annotations[key]["priority"] for _, key, _ in extract)
+    gmacs = [zoo.gmacs_at(zoo.get(m), 32) for m in MODELS]
+    assert first / second == pytest.approx(gmacs[0] / gmacs[1], rel=1e-6)
+    # The flow logs the makespan lower bound next to the wall time: 2 + 4 tasks, 2 workers.
+    wall, bound = map(float, re.search(
+        r"wall ([\d.]+)s; makespan lower bound ([\d.]+)s \(6 tasks, 2 workers\)",
+        run.stdout + run.stderr).groups())
+    assert 0 < bound <= wall
