@@ -8,50 +8,26 @@ annotations each task arrives with, and the task stream tells which worker ran i
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from netutil import free_port, stop
+from daskutil import ROOT, GraphProbe, dask_processes, seen
 
 pytestmark = [pytest.mark.slow, pytest.mark.flow]
-ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["VGG16", "ResNet50"]
 
 
 @pytest.fixture
 def scheduler(prefect_api) -> Iterator[str]:
     """A ``dask scheduler`` with workers ``gpu0`` (GPU=1) and ``cpu0``; yields its address."""
-    dask = str(Path(sys.executable).parent / "dask")
-    address = f"tcp://127.0.0.1:{free_port()}"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(  # tests/: the scheduler plugin
-        p for p in (str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH")) if p)}
-    common = ["--host", "127.0.0.1", "--nthreads", "1", "--no-dashboard"]
-    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port",
-                               address.rsplit(":", 1)[1], "--no-dashboard"], env=env, cwd=ROOT)]
-    try:
-        procs += [
-            subprocess.Popen([dask, "worker", address, "--name", "gpu0", "--resources", "GPU=1",
-                              *common], env=env, cwd=ROOT),
-            subprocess.Popen([dask, "worker", address, "--name", "cpu0", *common], env=env,
-                             cwd=ROOT),
-        ]
-        from distributed import Client
-
-        with Client(address, timeout="60s") as client:
-            client.wait_for_workers(2, timeout=120)
-        yield address
-    finally:
-        for proc in reversed(procs):
-            stop(proc)
+    with dask_processes([["--name", "gpu0", "--resources", "GPU=1"], ["--name", "cpu0"]]) as a:
+        yield a
 
 
 def test_extraction_runs_only_on_the_gpu_worker_heaviest_first(scheduler, synth_root, tmp_path):
-    from dask_probe import GraphProbe, seen
     from distributed import Client
 
     from covid_pipeline import zoo
