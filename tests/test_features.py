@@ -112,7 +112,6 @@ def test_adding_images_extracts_only_the_new_ones(tmp_path, caplog):
                                 input_size=32, balance="none")
     assert extract_features(second.uri, "VGG16", more_views, out)["extracted_images"] == 34
 
-
     # A damaged file of the right size passes the listing; training names it and the fix.
     damaged = sorted((tmp_path / "out" / "features" / "VGG16").rglob("*.npy"))[0]
     damaged.write_bytes(b"garbage!" + damaged.read_bytes()[8:])
