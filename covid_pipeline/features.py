@@ -209,16 +209,22 @@ def extract_features(dataset_uri: str, model: str, cfg: BenchmarkConfig, out: st
 def feature_function(backbone, preprocess, jit: bool = False):
     """The compiled forward pass: resized grey batch + angles → pooled float32 features.
 
-    ``jit`` compiles it with XLA (worth it on GPUs, not on CPUs). Autograph is off: the
-    pass has no data-dependent Python control flow, and converting the backbone's call
-    costs ~0.5 s of tracing per model (ResNet50).
+    ``jit`` compiles the backbone with XLA (worth it on GPUs, not on CPUs); the rotation
+    stays outside the XLA cluster, as XLA has no kernel for ImageProjectiveTransformV3
+    (TensorFlow 2.21). Autograph is off: the pass has no data-dependent Python control
+    flow, and converting the backbone's call costs ~0.5 s of tracing per model (ResNet50).
     """
     import tensorflow as tf
 
-    @tf.function(jit_compile=jit, autograph=False)
+    def run_backbone(x):
+        return backbone(x, training=False)
+
+    if jit:
+        run_backbone = tf.function(run_backbone, jit_compile=True, autograph=False)
+
+    @tf.function(autograph=False)
     def forward(batch, angles):
-        x = backbone(rotated_inputs(batch, angles, preprocess), training=False)
-        return tf.cast(x, tf.float32)
+        return tf.cast(run_backbone(rotated_inputs(batch, angles, preprocess)), tf.float32)
 
     return forward
 
@@ -313,16 +319,21 @@ def train_cached(info: DatasetInfo, model: str, fold: int, cfg: BenchmarkConfig,
     """Train the head on cached features: epoch e on view ``epoch_view(e)``, test on view 0."""
     manifest = read_parquet(info.manifest_uri).sort_values("image_id")
     shas = sorted(set(manifest["sha256"].astype(str)))
-    # The extraction may have run on another kind of worker (GPU: mixed precision).
+    # The extraction may have run on another kind of worker (GPU: mixed precision): read
+    # the root whose listing holds the most complete files, so no GET is spent on another.
     here = backbone_precision()
-    found: dict[str, np.ndarray] = {}
-    for precision in (here, *(p for p in PRECISIONS if p != here)):
-        feats = read_features(feature_root(out, model, cfg, info.image_size, precision), shas)
-        if len(feats) == len(shas):
-            break
-        found = max(found, feats, key=len)
-    else:
-        raise RuntimeError(f"{len(shas) - len(found)} of {len(shas)} images have no readable "
+    roots = [feature_root(out, model, cfg, info.image_size, p)
+             for p in (here, *(p for p in PRECISIONS if p != here))]
+    width, views = zoo.feature_width(zoo.get(model)), needed_views(cfg)
+
+    def complete(root: str) -> int:
+        stored = stored_views(root, width)
+        return sum(stored.get(sha, -1) >= views for sha in shas)
+
+    feats = {sha: arr for sha, arr in read_features(max(roots, key=complete), shas).items()
+             if arr.shape[0] > views}
+    if len(feats) < len(shas):
+        raise RuntimeError(f"{len(shas) - len(feats)} of {len(shas)} images have no readable "
                            f"cached features for {model} under "
                            f"{storage.join(out, 'features', model)}; run the feature-extraction "
                            "task first (an unreadable file is logged with its URI: delete it)")

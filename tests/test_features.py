@@ -122,3 +122,19 @@ def test_adding_images_extracts_only_the_new_ones(tmp_path, caplog):
     assert str(damaged) in caplog.text and "delete it" in caplog.text
     damaged.unlink()
     assert extract_features(second.uri, "VGG16", cfg, out)["extracted_images"] == 1
+
+
+def test_heads_read_features_a_gpu_worker_extracted(tmp_path, monkeypatch):
+    """Extraction under mixed precision (as on a GPU worker), head training in float32 (a
+    CPU worker): the head task finds the other precision's feature root."""
+    root = tmp_path / "data"
+    make_synthetic(str(root), covid_patients=4, normals=8, size=96, seed=5)
+    out = str(tmp_path / "out")
+    cfg = resolve_config("smoke", models=["VGG16"], weights="none", epochs=2, folds=2,
+                         input_size=32, balance="none")
+    info, _ = prepare(specs(root), out, DataSettings(folds=2, image_size=64, balance="none"))
+    monkeypatch.setenv("COVID_PIPELINE_PRECISION", "mixed_float16")
+    assert extract_features(info.uri, "VGG16", cfg, out)["extracted_images"] > 0
+    monkeypatch.setenv("COVID_PIPELINE_PRECISION", "float32")
+    test, prob, _ = train_cached(load_dataset(info.uri), "VGG16", 0, cfg, out)
+    assert len(prob) == len(test.labels) > 0 and np.isfinite(prob).all()
