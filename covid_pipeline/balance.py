@@ -7,10 +7,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from covid_pipeline.config import BALANCES
 from covid_pipeline.errors import ManifestError
 from covid_pipeline.manifest import LABEL_NAMES
 
-STRATEGIES = ("undersample", "none", "class-weight")
+STRATEGIES = BALANCES
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,9 @@ MODES = ("online", "cached")
 BALANCES = ("undersample", "none", "class-weight")
 GROUP_BYS = ("patient", "none")
 OPTIMIZERS = ("adam", "adamw", "nadam", "rmsprop", "sgd")
+IMAGE_SIZES = (64, 2048)  # normalised image side (px), inclusive bounds
+MIN_FOLDS = 2
+MIN_INPUT_SIZE = 32
 
 # Bump when the meaning of a hashed field changes, so old results are not reused.
 _HASH_SCHEMA = 1
@@ -90,15 +93,15 @@ class BenchmarkConfig:
         for key in ("epochs", "batch_size", "head_units", "extract_batch_size"):
             value = getattr(self, key)
             _check(value >= 1, f"{key} must be a positive integer, got {value}")
-        _check(self.folds >= 2, f"folds must be at least 2, got {self.folds}")
         _check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
         _check(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
         _check(0 <= self.rotation_degrees <= 180,
                f"rotation_degrees must be in [0, 180], got {self.rotation_degrees}")
-        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
-        _check(self.image_size >= 32, f"image_size must be at least 32, got {self.image_size}")
-        _check(self.input_size is None or self.input_size >= 32,
-               f"input_size must be at least 32 (null: the table's), got {self.input_size}")
+        check_data_settings(balance=self.balance, folds=self.folds, group_by=self.group_by,
+                            seed=self.seed, image_size=self.image_size)
+        _check(self.input_size is None or self.input_size >= MIN_INPUT_SIZE,
+               f"input_size must be at least {MIN_INPUT_SIZE} (null: the table's), "
+               f"got {self.input_size}")
         _check(self.views is None or self.views >= 1,
                f"views must be at least 1 (null: one per epoch), got {self.views}")
         for key, choices in _CHOICE_FIELDS.items():
@@ -145,6 +148,20 @@ FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Benchmar
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ManifestError(message)
+
+
+def check_data_settings(*, balance: str, folds: int, group_by: str, seed: int,
+                        image_size: int) -> None:
+    """The one set of rules for the data-path settings (``run``, ``ingest``, the flow)."""
+    _check(balance in BALANCES, f"unknown balance {balance!r}; choose one of "
+                                f"{', '.join(BALANCES)}")
+    _check(group_by in GROUP_BYS, f"unknown group_by {group_by!r}; choose one of "
+                                  f"{', '.join(GROUP_BYS)}")
+    _check(folds >= MIN_FOLDS, f"folds must be at least {MIN_FOLDS}, got {folds}")
+    _check(seed >= 0, f"seed must be >= 0, got {seed}")
+    low, high = IMAGE_SIZES
+    _check(low <= image_size <= high,
+           f"image_size must be in {low}..{high} px, got {image_size}")
 
 
 def _as_int(key: str, value: Any) -> int:

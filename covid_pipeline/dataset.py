@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass, field
 import pandas as pd
 
 from covid_pipeline import imaging, storage
-from covid_pipeline.balance import STRATEGIES, balance, check_two_classes
-from covid_pipeline.errors import ManifestError
-from covid_pipeline.folds import GROUPINGS, assign_folds, check_enough_units
+from covid_pipeline.balance import balance, check_two_classes
+from covid_pipeline.config import check_data_settings
+from covid_pipeline.folds import assign_folds, check_enough_units
 from covid_pipeline.ingest import IngestResult, ingest
 from covid_pipeline.shards import (
     DatasetInfo,
@@ -38,14 +38,9 @@ class DataSettings:
     source_options: dict[str, dict] = field(default_factory=dict)
 
     def validate(self) -> None:
-        if self.balance not in STRATEGIES:
-            raise ManifestError(f"--balance {self.balance!r}: use one of {', '.join(STRATEGIES)}")
-        if self.group_by not in GROUPINGS:
-            raise ManifestError(f"--group-by {self.group_by!r}: use one of {', '.join(GROUPINGS)}")
-        if self.folds < 2:
-            raise ManifestError(f"--folds {self.folds}: need at least 2 folds")
-        if not 64 <= self.image_size <= 2048:
-            raise ManifestError(f"image size {self.image_size}: use 64..2048")
+        """The same rules as :class:`BenchmarkConfig` (one definition, in config.py)."""
+        check_data_settings(balance=self.balance, folds=self.folds, group_by=self.group_by,
+                            seed=self.seed, image_size=self.image_size)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -21,6 +21,7 @@ import os
 import posixpath
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -40,12 +41,13 @@ from covid_pipeline.training import (
     load_split,
     scheduled_batches,
 )
-from covid_pipeline.weights import backbone_weights
+from covid_pipeline.weights import backbone_weights, weights_digest
 
 log = logging.getLogger(__name__)
 
 FEATURE_FORMAT = 1
 PRECISIONS = ("float32", "mixed_float16")
+ONLINE_PRECISION = "float32"  # train_online runs the backbone in float32 on every device
 
 
 def backbone_precision() -> str:
@@ -54,23 +56,27 @@ def backbone_precision() -> str:
     ``COVID_PIPELINE_PRECISION=float32`` turns mixed precision off.
     """
     wanted = os.environ.get("COVID_PIPELINE_PRECISION", "auto")
-    if wanted != "auto":
+    if wanted in PRECISIONS:
         return wanted
+    if wanted != "auto":
+        raise ValueError(f"COVID_PIPELINE_PRECISION={wanted!r}: use auto, "
+                         f"{' or '.join(PRECISIONS)}")
     import tensorflow as tf
 
     return "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
 
 
-def settings_hash(model: str, cfg: BenchmarkConfig, image_size: int,
-                  precision: str = "float32") -> str:
-    """What decides a feature vector besides the image: model, weights, size, angles."""
+def settings_hash(model: str, cfg: BenchmarkConfig, image_size: int, precision: str,
+                  weights_sha256: str) -> str:
+    """What decides a feature vector besides the image: model, weights' bytes, precision,
+    sizes, angles."""
     spec = zoo.get(model)
     payload = {
         "precision": precision,
         "format": FEATURE_FORMAT,
         "model": spec.name,
         "input_size": cfg.input_size or spec.input_size,
-        "weights": str(backbone_weights(spec, cfg)),
+        "weights_sha256": weights_sha256,
         "seed": cfg.seed,
         "rotation_degrees": cfg.rotation_degrees,
         "image_size": image_size,
@@ -78,11 +84,33 @@ def settings_hash(model: str, cfg: BenchmarkConfig, image_size: int,
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def feature_root(out: str, model: str, cfg: BenchmarkConfig, image_size: int,
-                 precision: str | None = None) -> str:
+@dataclass(frozen=True)
+class FeatureSource:
+    """Where a model's features live and what made them (part of every fold result's key)."""
+
+    root: str
+    precision: str
+    weights_sha256: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"feature_root": self.root, "precision": self.precision,
+                "weights_sha256": self.weights_sha256}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> FeatureSource:
+        """From :meth:`as_dict` or the stats :func:`extract_features` returns."""
+        return cls(values["feature_root"], values["precision"], values["weights_sha256"])
+
+
+def feature_source(out: str, model: str, cfg: BenchmarkConfig, image_size: int,
+                   precision: str | None = None) -> FeatureSource:
+    """The feature root of ``model`` for this worker's precision (or ``precision``)."""
     precision = precision or backbone_precision()
-    return storage.join(out, "features", model,
-                        settings_hash(model, cfg, image_size, precision))
+    digest = weights_digest(zoo.get(model), cfg)
+    return FeatureSource(
+        storage.join(out, "features", model,
+                     settings_hash(model, cfg, image_size, precision, digest)),
+        precision, digest)
 
 
 def feature_uri(root: str, sha: str) -> str:
@@ -169,7 +197,8 @@ def extract_features(dataset_uri: str, model: str, cfg: BenchmarkConfig, out: st
     import keras
 
     info = load_dataset(dataset_uri)
-    root = feature_root(out, model, cfg, info.image_size)
+    source = feature_source(out, model, cfg, info.image_size)
+    root, precision = source.root, source.precision
     views = needed_views(cfg)
     manifest = read_parquet(info.manifest_uri)
     shas = sorted(set(manifest["sha256"].astype(str)))
@@ -177,7 +206,7 @@ def extract_features(dataset_uri: str, model: str, cfg: BenchmarkConfig, out: st
     todo = [s for s in shas if stored.get(s, -1) < views]
     stats = {"model": model, "images": len(shas), "extracted_images": len(todo),
              "reused_images": len(shas) - len(todo), "backbone_passes": 0, "seconds": 0.0,
-             "feature_root": root}
+             **source.as_dict()}
     if not todo:
         return stats
     configure_tensorflow()
@@ -187,7 +216,6 @@ def extract_features(dataset_uri: str, model: str, cfg: BenchmarkConfig, out: st
     split = load_split(info, list(range(info.n_folds)))
     index = {s: i for i, s in enumerate(split.shas)}
     keras.utils.set_random_seed(cfg.seed)
-    precision = backbone_precision()
     keras.mixed_precision.set_global_policy(precision)
     try:
         backbone = zoo.build_backbone(spec, backbone_weights(spec, cfg), input_size=size,
@@ -315,28 +343,22 @@ def train_head(cfg: BenchmarkConfig, fold: int, x_train: np.ndarray, labels: np.
     return prob, train_s, time.perf_counter() - t0
 
 
-def train_cached(info: DatasetInfo, model: str, fold: int, cfg: BenchmarkConfig, out: str):
-    """Train the head on cached features: epoch e on view ``epoch_view(e)``, test on view 0."""
+def train_cached(info: DatasetInfo, model: str, fold: int, cfg: BenchmarkConfig,
+                 source: FeatureSource):
+    """Train the head on the features under ``source`` (the extraction's, which may have run
+    on another kind of worker): epoch e on view ``epoch_view(e)``, test on view 0.
+
+    Rows come in image_id order, as in :func:`train_online` (the same batches)."""
     manifest = read_parquet(info.manifest_uri).sort_values("image_id")
     shas = sorted(set(manifest["sha256"].astype(str)))
-    # The extraction may have run on another kind of worker (GPU: mixed precision): read
-    # the root whose listing holds the most complete files, so no GET is spent on another.
-    here = backbone_precision()
-    roots = [feature_root(out, model, cfg, info.image_size, p)
-             for p in (here, *(p for p in PRECISIONS if p != here))]
-    width, views = zoo.feature_width(zoo.get(model)), needed_views(cfg)
-
-    def complete(root: str) -> int:
-        stored = stored_views(root, width)
-        return sum(stored.get(sha, -1) >= views for sha in shas)
-
-    feats = {sha: arr for sha, arr in read_features(max(roots, key=complete), shas).items()
+    views = needed_views(cfg)
+    feats = {sha: arr for sha, arr in read_features(source.root, shas).items()
              if arr.shape[0] > views}
     if len(feats) < len(shas):
         raise RuntimeError(f"{len(shas) - len(feats)} of {len(shas)} images have no readable "
-                           f"cached features for {model} under "
-                           f"{storage.join(out, 'features', model)}; run the feature-extraction "
-                           "task first (an unreadable file is logged with its URI: delete it)")
+                           f"cached features for {model} under {source.root}; run the "
+                           "feature-extraction task first (an unreadable file is logged with "
+                           "its URI: delete it)")
 
     def split(mask) -> tuple[Split, np.ndarray]:
         part = manifest[mask]

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+from covid_pipeline.config import GROUP_BYS
 from covid_pipeline.errors import ManifestError
 from covid_pipeline.manifest import LABEL_NAMES
 
-GROUPINGS = ("patient", "none")
+GROUPINGS = GROUP_BYS
 
 
 def assign_folds(df: pd.DataFrame, n_folds: int = 5, group_by: str = "patient",

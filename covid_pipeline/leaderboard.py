@@ -47,6 +47,10 @@ def build(records: list[dict[str, Any]], failures: dict[str, str], models: list[
             row["status"] = f"incomplete: {len(recs)} of {ctx.n_folds} folds"
         else:
             row["status"] = "ok"
+        # what made the features: the same for every fold unless a run was interrupted and
+        # resumed on another kind of worker, which the row then shows
+        for field in ("feature_precision", "weights_sha256"):
+            row[field] = ",".join(sorted({str(r[field]) for r in recs if r.get(field)})) or None
         row["train_seconds_mean"] = (
             sum(r["timing"]["train_seconds"] for r in recs) / len(recs) if recs else math.nan
         )
@@ -84,18 +88,27 @@ def to_markdown(df: pd.DataFrame, ctx: LeaderboardContext) -> str:
         "",
         f"Dataset version `{ctx.dataset_version}`, folds grouped by **{ctx.group_by}**, "
         f"{ctx.n_folds} folds; images per class: {counts}. Config `{ctx.config_hash}`. "
-        "Mean ± std over folds; positive class COVID-19.",
+        "Mean ± std over folds; positive class COVID-19. Precision: the backbone's when "
+        "the features were made; weights: the first 12 hex digits of the weights file's "
+        "sha256 (`random`: seeded random initialisation).",
         "",
-        "| rank | model | input | balanced acc. | AUC | sensitivity | specificity | F1 | status |",
-        "|---:|---|---:|---|---|---|---|---|---|",
+        "| rank | model | input | balanced acc. | AUC | sensitivity | specificity | F1 "
+        "| precision | weights | status |",
+        "|---:|---|---:|---|---|---|---|---|---|---|---|",
     ]
     for r in df.to_dict("records"):
         rank = "" if pd.isna(r["rank"]) else str(r["rank"])
         cells = [_pm(r, m) for m in ("balanced_accuracy", "auc", "sensitivity", "specificity",
                                      "f1")]
+        cells += [_text(r.get("feature_precision")),
+                  ",".join(d[:12] for d in _text(r.get("weights_sha256")).split(","))]
         lines.append(f"| {rank} | {r['model']} | {r['input_size']} | " + " | ".join(cells)
                      + f" | {r['status']} |")
     return "\n".join(lines) + "\n"
+
+
+def _text(value: Any) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
 
 def _pm(row: dict, metric: str) -> str:

@@ -145,6 +145,13 @@ def _to_uri(base_uri: str, base_path: str, name: str) -> str:
     return join(base_uri, rel)
 
 
+def local_cache_dir(*parts: str) -> str:
+    """This machine's cache folder: ``$COVID_PIPELINE_CACHE`` or the temporary folder's."""
+    base = os.environ.get("COVID_PIPELINE_CACHE",
+                          os.path.join(tempfile.gettempdir(), "covid-pipeline-cache"))
+    return os.path.join(base, *parts)
+
+
 def stage_local(uri: str, cache_dir: str) -> str:
     """Return a local path holding ``uri``'s content (a copy for remote URIs)."""
     if is_local(uri):

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,14 +16,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from covid_pipeline import storage
+from covid_pipeline import storage, zoo
 from covid_pipeline.config import BenchmarkConfig
 from covid_pipeline.metrics import fold_metrics
 from covid_pipeline.shards import DatasetInfo, load_dataset, parquet_bytes, tfrecord_dataset
 
 log = logging.getLogger(__name__)
 
-RESULT_FORMAT = 1
+RESULT_FORMAT = 2  # 2: keyed by feature precision and weights digest
 
 
 @dataclass
@@ -68,12 +66,16 @@ def fold_result_uri(out: str, version: str, cfg: BenchmarkConfig, model: str, fo
 
 
 def load_split(info: DatasetInfo, folds: list[int]) -> Split:
-    """Read the TFRecord shards of ``folds`` through tf.data (staged locally if remote)."""
-    cache = os.environ.get("COVID_PIPELINE_CACHE", os.path.join(tempfile.gettempdir(),
-                                                                 "covid-pipeline-cache"))
+    """Read the TFRecord shards of ``folds`` (staged locally if remote), in image_id order.
+
+    image_id order is the one row order of every training path (the cached path reads the
+    manifest sorted by image_id): :func:`batch_schedule` permutes row indices, so two paths
+    train on the same batches only if their rows come in the same order. Shard by shard
+    is not that order from three folds on.
+    """
     images, labels, ids, shas = [], [], [], []
     for k in folds:
-        path = storage.stage_local(info.tfrecord_uri(k), os.path.join(cache, info.version))
+        path = storage.stage_local(info.tfrecord_uri(k), storage.local_cache_dir(info.version))
         for ex in tfrecord_dataset(path).as_numpy_iterator():
             images.append(ex["image"])
             labels.append(int(ex["label"]))
@@ -82,7 +84,9 @@ def load_split(info: DatasetInfo, folds: list[int]) -> Split:
     if not images:
         return Split(np.zeros((0, info.image_size, info.image_size, 1), np.uint8),
                      np.zeros(0, np.int64), [], [])
-    return Split(np.stack(images), np.array(labels, np.int64), ids, shas)
+    order = sorted(range(len(ids)), key=ids.__getitem__)
+    return Split(np.stack([images[i] for i in order]), np.array(labels, np.int64)[order],
+                 [ids[i] for i in order], [shas[i] for i in order])
 
 
 def build_head(cfg: BenchmarkConfig):
@@ -203,22 +207,52 @@ def fit_schedule(net, batches, n_batches: int,
                 verbose=0, shuffle=False)
 
 
+def fold_key(version: str, cfg: BenchmarkConfig, model: str, fold: int, precision: str,
+             weights_sha256: str) -> dict[str, Any]:
+    """Everything that changes a fold's predictions; a stored result is reused only when
+    its key equals this. ``mode`` is left out: both modes train on the same batches and
+    agree within 1e-3 (tests/test_features.py at 3 and 5 folds)."""
+    return {"format": RESULT_FORMAT, "dataset_version": version,
+            "config_hash": cfg.config_hash(), "model": model, "fold": fold,
+            "feature_precision": precision, "weights_sha256": weights_sha256}
+
+
 def train_fold(dataset_uri: str, model_name: str, fold: int, cfg: BenchmarkConfig,
-               out: str) -> dict[str, Any]:
-    """Train and evaluate ``model_name`` on ``fold``; return (and store) its result record."""
+               out: str, features: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train and evaluate ``model_name`` on ``fold``; return (and store) its result record.
+
+    ``features`` (cached mode) is what the extraction task returned: which feature root to
+    read, in which precision and from which weights. Without it, this worker's own.
+    """
+    from covid_pipeline.features import (
+        ONLINE_PRECISION,
+        FeatureSource,
+        feature_source,
+        train_cached,
+        train_online,
+    )
+    from covid_pipeline.weights import weights_digest
+
     info = load_dataset(dataset_uri)
+    if cfg.mode == "cached":
+        source = (FeatureSource.from_dict(features) if features else
+                  feature_source(out, model_name, cfg, info.image_size))
+        precision, digest = source.precision, source.weights_sha256
+    else:
+        precision, digest = ONLINE_PRECISION, weights_digest(zoo.get(model_name), cfg)
+    key = fold_key(info.version, cfg, model_name, fold, precision, digest)
     uri = fold_result_uri(out, info.version, cfg, model_name, fold)
     if storage.exists(uri):
         record = storage.read_json(uri)
-        if record.get("format") == RESULT_FORMAT and record.get("status") == "ok":
+        if record.get("status") == "ok" and all(record.get(k) == v for k, v in key.items()):
             record["reused"] = True
             return record
+        log.info("%s: made with other settings (%s); training again", uri,
+                 ", ".join(k for k, v in key.items() if record.get(k) != v))
     configure_tensorflow()
-    from covid_pipeline.features import train_cached, train_online
-
     started = time.time()
     if cfg.mode == "cached":
-        test, prob, timing = train_cached(info, model_name, fold, cfg, out)
+        test, prob, timing = train_cached(info, model_name, fold, cfg, source)
     else:
         test, prob, timing = train_online(info, model_name, fold, cfg)
     pred_uri = storage.join(results_root(out, info.version, cfg), model_name,
@@ -228,12 +262,9 @@ def train_fold(dataset_uri: str, model_name: str, fold: int, cfg: BenchmarkConfi
         "prob_covid": prob.astype(np.float64), "fold": fold, "model": model_name,
     })))
     record = {
-        "format": RESULT_FORMAT,
+        **key,
         "status": "ok",
-        "model": model_name,
-        "fold": fold,
-        "dataset_version": info.version,
-        "config_hash": cfg.config_hash(),
+        "mode": cfg.mode,
         "metrics": fold_metrics(test.labels, prob),
         "n_test": len(test),
         "test_image_ids_sha256": _ids_digest(test.image_ids),

@@ -7,11 +7,14 @@ connected machine after ``covid-pipeline weights download``).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import socket
 from pathlib import Path
 
-from covid_pipeline import zoo
+from covid_pipeline import storage, zoo
 from covid_pipeline.config import BenchmarkConfig
 from covid_pipeline.errors import ManifestError
 
@@ -34,6 +37,70 @@ def backbone_weights(spec: zoo.ModelSpec, cfg: BenchmarkConfig) -> str | None:
     if folder:
         return str(Path(folder) / zoo.weights_ref(spec, cfg.input_size)[0])
     return cfg.weights
+
+
+def weights_file(spec: zoo.ModelSpec, cfg: BenchmarkConfig) -> Path | None:
+    """The file a backbone's weights are loaded from (None: random initialisation).
+
+    For ``imagenet`` that is the Keras cache's file, fetched first if it is absent.
+    """
+    weights = backbone_weights(spec, cfg)
+    if weights is None:
+        return None
+    if weights != "imagenet":
+        return Path(weights).expanduser()
+    path = zoo.keras_models_dir() / zoo.weights_ref(spec, cfg.input_size)[0]
+    if not path.is_file():
+        path = zoo.download_weights([spec.name], None, cfg.input_size)[spec.name]
+    return path
+
+
+RANDOM_WEIGHTS = "random"
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def weights_digest(spec: zoo.ModelSpec, cfg: BenchmarkConfig) -> str:
+    """sha256 of the weights file's bytes (``random`` for a seeded random initialisation).
+
+    Computed once per file and remembered by (path, size, mtime) in this process and in
+    ``<cache>/weights-sha256.json``, so replacing a file at the same path gives a new digest.
+    """
+    path = weights_file(spec, cfg)
+    if path is None:
+        return RANDOM_WEIGHTS
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read the weights file ({exc.strerror}); "
+                            "check --weights") from None
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _DIGESTS:
+        return _DIGESTS[key]
+    index_path = storage.local_cache_dir("weights-sha256.json")
+    try:
+        with open(index_path, encoding="utf-8") as fh:
+            index = json.load(fh)
+    except (OSError, ValueError):
+        index = {}
+    entry = index.get(key[0]) if isinstance(index, dict) else None
+    if isinstance(entry, dict) and [entry.get("size"), entry.get("mtime_ns")] == list(key[1:]):
+        digest = str(entry["sha256"])
+    else:
+        digest = _file_sha256(path)
+        index = index if isinstance(index, dict) else {}
+        index[key[0]] = {"size": key[1], "mtime_ns": key[2], "sha256": digest}
+        with contextlib.suppress(storage.StorageError):  # a read-only cache only costs time
+            storage.write_json(index_path, index)
+    _DIGESTS[key] = digest
+    return digest
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def network_reachable(host: str = WEIGHTS_HOST, timeout: float = 3.0) -> bool:

@@ -15,6 +15,7 @@ import dask
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
+from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
 
 from covid_pipeline import cluster as clusters
@@ -71,8 +72,9 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
     futures = {}
     for model, fold in pairs:
         if cfg.mode == "cached":
+            # the extraction's result says which features (root, precision, weights) to read
             fut = train_fold_task.submit(dataset_uri, model, fold, config, out,
-                                         wait_for=[extract[model]])
+                                         features=extract[model])
         else:
             with gpu_work, dask.annotate(priority=costs[model]):
                 fut = train_fold_task.submit(dataset_uri, model, fold, config, out)
@@ -126,7 +128,7 @@ def log_makespan(logger, extraction: list[dict], records: list[dict], wall: floa
 def covid_benchmark(
     sources: list[str],
     out: str,
-    preset: str = "smoke",
+    preset: str = "paper",
     config_file: str | None = None,
     models: list[str] | None = None,
     folds: int | None = None,
@@ -197,6 +199,7 @@ def covid_benchmark(
     board = aggregate(trained["records"], trained["failures"], list(cfg.models),
                       context.__dict__, folders)
     return {
+        "flow_run_id": str(flow_run.id),
         "dataset_version": dataset["version"],
         "config_hash": cfg.config_hash(),
         "leaderboard": board["uris"],

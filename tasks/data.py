@@ -7,20 +7,21 @@ from prefect.cache_policies import NO_CACHE
 
 from covid_pipeline.dataset import DataSettings, balance_folds_step, ingest_step, shard_step
 from covid_pipeline.sources import parse_source
+from tasks.retries import RETRY
 
 
-@task(name="ingest", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="ingest", **RETRY, cache_policy=NO_CACHE)
 def ingest_sources(sources: list[str], out: str, settings: dict) -> str:
     """Read and validate every source; return the staging URI of manifest + quarantine."""
     return ingest_step([parse_source(s) for s in sources], out, DataSettings(**settings))
 
 
-@task(name="balance-and-folds", cache_policy=NO_CACHE)
+@task(name="balance-and-folds", **RETRY, cache_policy=NO_CACHE)
 def balance_and_folds(staged: str, out: str, settings: dict) -> str:
     return balance_folds_step(staged, out, DataSettings(**settings))
 
 
-@task(name="write-shards", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="write-shards", **RETRY, cache_policy=NO_CACHE)
 def write_shards(staged: str, out: str, settings: dict) -> dict:
     """Write (or reuse) the dataset version; return its description and the ingest report."""
     info, report = shard_step(staged, out, DataSettings(**settings))

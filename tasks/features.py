@@ -7,13 +7,13 @@ from prefect.cache_policies import NO_CACHE
 
 from covid_pipeline.config import BenchmarkConfig
 from covid_pipeline.features import extract_features
+from tasks.retries import RETRY
 
 
 @task(
     name="extract-features",
     task_run_name="extract-{model}",
-    retries=2,
-    retry_delay_seconds=10,
+    **RETRY,
     # Features are reused per image from the content-addressed cache under <out>/features.
     cache_policy=NO_CACHE,
 )

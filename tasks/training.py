@@ -7,17 +7,21 @@ from prefect.cache_policies import NO_CACHE
 
 from covid_pipeline.config import BenchmarkConfig
 from covid_pipeline.training import train_fold
+from tasks.retries import RETRY
 
 
 @task(
     name="train-fold",
     task_run_name="train-{model}-fold-{fold}",
-    retries=2,
-    retry_delay_seconds=10,
+    **RETRY,
     # Finished folds are reused from their content-addressed result files
     # (results/<version>/<config-hash>/<model>/fold-<k>.json), which every worker reads.
     cache_policy=NO_CACHE,
 )
-def train_fold_task(dataset_uri: str, model: str, fold: int, config: dict, out: str) -> dict:
-    """Train and evaluate one model on one fold; return its metrics record."""
-    return train_fold(dataset_uri, model, fold, BenchmarkConfig.from_dict(config), out)
+def train_fold_task(dataset_uri: str, model: str, fold: int, config: dict, out: str,
+                    features: dict | None = None) -> dict:
+    """Train and evaluate one model on one fold; return its metrics record.
+
+    ``features``: the extraction task's result (cached mode): which features to read."""
+    return train_fold(dataset_uri, model, fold, BenchmarkConfig.from_dict(config), out,
+                      features)

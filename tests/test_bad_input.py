@@ -193,7 +193,8 @@ INGEST_CASES = {
                                  ["no COVID-19 images", "relax the filters"]),
     "fewer-patients-than-folds": (None, ["--folds", "50"], ("ieee8023", "rsna"),
                                   ["fewer than --folds 50", "lower --folds"]),
-    "zero-folds": (None, ["--folds", "0"], ("ieee8023", "rsna"), ["--folds 0"]),
+    "zero-folds": (None, ["--folds", "0"], ("ieee8023", "rsna"),
+                   ["folds must be at least 2, got 0"]),
 }
 
 
@@ -254,6 +255,9 @@ RUN_CASES = {
     "negative-epochs": (["--preset", "smoke", "--epochs", "-1"], ["epochs", "-1"]),
     "unknown-preset": (["--preset", "nope"], ["nope", "smoke"]),
     "zero-folds": (["--preset", "smoke", "--folds", "0"], ["folds"]),
+    # the same bounds as ingest: once only the flow checked 64..2048, after Prefect started
+    "image-size-40": (["--preset", "smoke", "--image-size", "40"],
+                      ["image_size must be in 64..2048 px, got 40"]),
     "unknown-cluster": (["--preset", "smoke", "--cluster", "bogus"], ["--cluster", "bogus"]),
 }
 

@@ -30,7 +30,7 @@ def test_help_does_not_import_tensorflow_or_prefect():
         (["ingest", "--source", "ieee8023=/nonexistent", "--out", "/tmp/x"],
          "/nonexistent/metadata.csv: file not found"),
         (["ingest", "--source", "ieee8023=/x", "--folds", "1", "--out", "/tmp/x"],
-         "--folds 1: need at least 2 folds"),
+         "folds must be at least 2, got 1"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, needle):

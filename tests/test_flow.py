@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 from imagefiles import add_covid_images
@@ -31,6 +32,22 @@ def read_artifact(key: str):
     return sorted(found, key=lambda a: a.created)  # the session's API holds other runs' too
 
 
+def sklearn_metrics(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
+    """The leaderboard's metrics by scikit-learn (positive class COVID-19, p > 0.5)."""
+    from sklearn import metrics as sk
+
+    pred = (prob > 0.5).astype(int)
+    return {
+        "accuracy": sk.accuracy_score(y, pred),
+        "precision": sk.precision_score(y, pred, zero_division=0),
+        "sensitivity": sk.recall_score(y, pred),
+        "specificity": sk.recall_score(y, pred, pos_label=0),
+        "f1": sk.f1_score(y, pred, zero_division=0),
+        "balanced_accuracy": sk.balanced_accuracy_score(y, pred),
+        "auc": sk.roc_auc_score(y, prob),
+    }
+
+
 def test_two_models_two_folds_leaderboard_and_artifact(prefect_api, synth_root, tmp_path):
     sources = [f"ieee8023={synth_root / 'ieee8023'}", f"rsna={synth_root / 'rsna'}"]
     result = run(sources, tmp_path, folds=2, epochs=2)
@@ -38,9 +55,18 @@ def test_two_models_two_folds_leaderboard_and_artifact(prefect_api, synth_root, 
     assert sorted(board["model"]) == ["ResNet50", "VGG16"]
     assert list(board["status"]) == ["ok", "ok"] and list(board["rank"]) == [1, 2]
     assert (board["n_folds"] == 2).all()
-    for metric in METRICS:
-        values = board[f"{metric}_mean"].dropna()
-        assert len(values) == 2 and values.between(0, 1).all(), metric
+    # every mean on the board, recomputed with scikit-learn from the stored predictions
+    results = result["results"]
+    for row in board.to_dict("records"):
+        per_fold = []
+        for fold in range(2):
+            p = pd.read_parquet(f"{results}/{row['model']}/fold-{fold}.predictions.parquet")
+            assert (p["fold"] == fold).all() and len(p) > 0
+            per_fold.append(sklearn_metrics(p["label"].to_numpy(), p["prob_covid"].to_numpy()))
+        for metric in METRICS:
+            expected = np.mean([f[metric] for f in per_fold])
+            assert row[f"{metric}_mean"] == pytest.approx(expected, abs=1e-12), metric
+        assert row["feature_precision"] == "float32" and row["weights_sha256"] == "random"
     assert (board["dataset_version"] == result["dataset_version"]).all()
     assert (board["group_by"] == "patient").all()
     assert (tmp_path / "leaderboard.md").read_text().count("| ok |") == 2
@@ -57,6 +83,22 @@ def test_two_models_two_folds_leaderboard_and_artifact(prefect_api, synth_root, 
     assert pd.read_csv(tmp_path / "leaderboard.csv").equals(board)
 
 
+def task_runs_of(flow_run_id: str) -> list:
+    """The task runs of a flow run and of its subflow runs (train-models)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterParentFlowRunId,
+    )
+
+    with get_client(sync_client=True) as client:
+        subflows = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+        ids = [flow_run_id, *(str(r.id) for r in subflows)]
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+
+
 def test_failing_model_gets_an_error_row_and_the_others_complete(prefect_api, synth_root,
                                                                   tmp_path):
     sources = [f"ieee8023={synth_root / 'ieee8023'}", f"rsna={synth_root / 'rsna'}"]
@@ -69,6 +111,12 @@ def test_failing_model_gets_an_error_row_and_the_others_complete(prefect_api, sy
     assert rows.loc["VGG16", "status"] == "ok" and rows.loc["VGG16", "rank"] == 1
     assert rows.loc["InceptionV3", "status"].startswith("failed: ")
     assert "InceptionV3" in result["failures"]
+    assert "input" in result["failures"]["InceptionV3"]  # the model's own message
+    # A deterministic error is not retried: the extraction ran once and failed.
+    runs = {r.name: r for r in task_runs_of(result["flow_run_id"])}
+    failed = runs["extract-InceptionV3"]
+    assert failed.state.is_failed() and failed.run_count == 1, (failed.state, failed.run_count)
+    assert runs["extract-VGG16"].state.is_completed()
 
 
 @pytest.mark.usefixtures("prefect_api")

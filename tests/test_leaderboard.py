@@ -45,3 +45,20 @@ def test_ties_are_ranked_by_name_and_missing_folds_are_incomplete():
     table = lb.build(records, {}, ["VGG16", "ResNet50", "InceptionV3"], CTX)
     assert list(table["model"][:2]) == ["ResNet50", "VGG16"]
     assert table.set_index("model").loc["InceptionV3", "status"] == "incomplete: 1 of 2 folds"
+
+
+def test_rows_state_the_feature_precision_and_weights_digest(tmp_path):
+    digest = "ab" * 32
+    records = [{**record("VGG16", k, [0.9, 0.8, 0.2, 0.6]), "feature_precision": "float32",
+                "weights_sha256": digest} for k in (0, 1)]
+    records += [{**record("ResNet50", 0, [0.9, 0.8, 0.2, 0.1]),
+                 "feature_precision": "mixed_float16", "weights_sha256": "random"},
+                {**record("ResNet50", 1, [0.9, 0.8, 0.2, 0.1]),
+                 "feature_precision": "float32", "weights_sha256": "random"}]
+    table = lb.build(records, {}, ["VGG16", "ResNet50"], CTX).set_index("model")
+    assert table.loc["VGG16", "feature_precision"] == "float32"
+    assert table.loc["VGG16", "weights_sha256"] == digest
+    assert table.loc["ResNet50", "feature_precision"] == "float32,mixed_float16"
+    md = lb.to_markdown(table.reset_index(), CTX)
+    assert f"| float32 | {digest[:12]} | ok |" in md
+    assert "| float32,mixed_float16 | random | ok |" in md
