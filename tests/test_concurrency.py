@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 import threading
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +21,49 @@ from covid_pipeline.metrics import METRICS
 from covid_pipeline.shards import read_parquet, verify_dataset
 from covid_pipeline.synth import make_synthetic
 
+# The real CLI, started in step: after its imports it waits for the go file, then
+# brackets main() with wall-clock stamps on stderr (its run window).
+IN_STEP = """
+import sys, time
+from pathlib import Path
+from covid_pipeline import cli, dataset, sources  # imports are not the work
+ready, go = Path(sys.argv[1]), Path(sys.argv[2])
+ready.touch()
+while not go.exists():
+    time.sleep(0.01)
+print(f"window-start {time.time()!r}", file=sys.stderr, flush=True)
+rc = cli.main(sys.argv[3:])
+print(f"window-end {time.time()!r}", file=sys.stderr, flush=True)
+sys.exit(rc)
+"""
+
 
 def temp_litter(folder: Path) -> list[str]:
     return sorted(str(p) for p in folder.rglob("*") if ".tmp-" in p.name)
+
+
+def start_logged(cmd: list[str], log: Path, **kwargs) -> subprocess.Popen:
+    """Start ``cmd`` with its output in the file ``log`` (never a pipe that can fill)."""
+    with open(log, "wb") as f:
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, **kwargs)
+
+
+def wait_all(procs: list[subprocess.Popen], timeout: float) -> None:
+    """Wait for every process (all started already), killing them all on a timeout."""
+    deadline = time.time() + timeout
+    try:
+        for proc in procs:
+            proc.wait(max(1.0, deadline - time.time()))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def overlap(windows: list[tuple[float, float]]) -> float:
+    """Seconds during which every (start, end) window was open at once (<= 0: never)."""
+    return min(end for _, end in windows) - max(start for start, _ in windows)
 
 
 def test_two_ingests_at_once_on_the_same_out(tmp_path):
@@ -31,12 +73,32 @@ def test_two_ingests_at_once_on_the_same_out(tmp_path):
            "--source", f"ieee8023={data.ieee8023}", "--source", f"rsna={data.rsna}",
            "--folds", "2", "--image-size", "64", "--out", str(out)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=env) for _ in range(2)]
-    outputs = [p.communicate(timeout=300) for p in procs]  # both run while we wait
-    results = [(p.returncode, *o) for p, o in zip(procs, outputs, strict=True)]
+    go = tmp_path / "go"
+    procs, logs = [], []
+    for i in range(2):
+        logs.append((tmp_path / f"ingest-{i}.out", tmp_path / f"ingest-{i}.err"))
+        with open(logs[i][0], "wb") as out_f, open(logs[i][1], "wb") as err_f:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-c", IN_STEP, str(tmp_path / f"ready-{i}"), str(go), *cmd[3:]],
+                stdout=out_f, stderr=err_f, env=env))
+    try:
+        deadline = time.time() + 120
+        while not all((tmp_path / f"ready-{i}").exists() for i in range(2)):
+            assert all(p.poll() is None for p in procs), [e.read_text() for _, e in logs]
+            assert time.time() < deadline, "the ingests never got ready"
+            time.sleep(0.05)
+        go.touch()  # both are running: let them ingest at once
+    finally:
+        wait_all(procs, 300)
+    results = [(p.returncode, o.read_text(), e.read_text())
+               for p, (o, e) in zip(procs, logs, strict=True)]
     for code, _, err in results:
         assert code == 0, err
+    windows = [tuple(float(line.split()[1]) for line in err.splitlines()
+                     if line.startswith(("window-start ", "window-end ")))
+               for _, _, err in results]
+    assert all(len(w) == 2 for w in windows), windows
+    assert overlap(windows) > 0, windows  # each ingest ran while the other did
     versions = {stdout.splitlines()[0] for _, stdout, _ in results}
     assert len(versions) == 1, versions
     version = versions.pop().removeprefix("dataset version: ")
@@ -82,6 +144,23 @@ def test_threads_writing_one_content_addressed_file_leave_it_intact(tmp_path):
     assert temp_litter(tmp_path) == []
 
 
+def benchmark_runs(since: datetime, out: str) -> list:
+    """The Prefect API's covid-benchmark flow runs started after ``since`` on ``out``."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterStartTime,
+    )
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["covid-benchmark"])),
+            flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since)))
+    return [r for r in runs if r.parameters.get("out") == out]
+
+
 @pytest.mark.slow
 @pytest.mark.flow
 def test_two_benchmark_runs_at_once_share_features_and_results(prefect_api, synth_root,
@@ -96,11 +175,17 @@ def test_two_benchmark_runs_at_once_share_features_and_results(prefect_api, synt
            "--source", f"ieee8023={synth_root / 'ieee8023'}",
            "--source", f"rsna={synth_root / 'rsna'}"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=env) for _ in range(2)]
-    outputs = [p.communicate(timeout=900)[0] for p in procs]
+    since = datetime.now(UTC)
+    logs = [tmp_path / f"run-{i}.log" for i in range(2)]
+    procs = [start_logged(cmd, log, env=env) for log in logs]  # both start, then we wait
+    wait_all(procs, 900)
+    outputs = [log.read_text(errors="replace") for log in logs]
     for p, output in zip(procs, outputs, strict=True):
         assert p.returncode == 0, output[-3000:]
+    runs = benchmark_runs(since, str(out))
+    assert len(runs) == 2 and all(r.state.is_completed() for r in runs), runs
+    windows = [(r.start_time.timestamp(), r.end_time.timestamp()) for r in runs]
+    assert overlap(windows) > 0, windows  # each flow ran while the other did
     versions = {line for o in outputs for line in o.splitlines()
                 if line.startswith("dataset version:")}
     assert len(versions) == 1, versions

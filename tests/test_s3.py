@@ -48,6 +48,30 @@ def s3(synth_root):
         server.stop()
 
 
+def flow_run_tree(client, run_id) -> list:
+    """``run_id`` and the ids of its subflow runs, at any depth."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    ids, parents = [run_id], [run_id]
+    while parents:
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=parents)))
+        parents = [r.id for r in children if r.id not in ids]
+        ids += parents
+    return ids
+
+
+def run_logs(client, ids: list) -> list:
+    """Every log of the flow runs ``ids`` (and their task runs), page by page."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    logs: list = []
+    while page := client.read_logs(limit=200, offset=len(logs), log_filter=LogFilter(
+            flow_run_id=LogFilterFlowRunId(any_=ids))):
+        logs += page
+    return logs
+
+
 def test_ingest_reads_and_writes_s3(s3, capsys):
     from covid_pipeline.cli import main
 
@@ -66,10 +90,12 @@ def test_ingest_reads_and_writes_s3(s3, capsys):
 def test_smoke_flow_with_sources_and_output_on_s3(s3, prefect_api):
     from flows.benchmark import covid_benchmark
 
-    result = covid_benchmark(
+    state = covid_benchmark(
         sources=[f"ieee8023=s3://{BUCKET}/data/ieee8023", f"rsna=s3://{BUCKET}/data/rsna"],
         out=f"s3://{BUCKET}/bench", preset="smoke", models=["VGG16"], folds=2, epochs=1,
-        input_size=32, image_size=64, weights_source="none", cluster="local", workers=1)
+        input_size=32, image_size=64, weights_source="none", cluster="local", workers=1,
+        return_state=True)
+    result = state.result()
     board = pd.read_csv(io.BytesIO(s3.cat_file(f"{BUCKET}/bench/leaderboard.csv")))
     assert list(board["model"]) == ["VGG16"] and list(board["status"]) == ["ok"]
     assert result["leaderboard"]["csv"].startswith("s3://")
@@ -78,12 +104,25 @@ def test_smoke_flow_with_sources_and_output_on_s3(s3, prefect_api):
         if key.endswith((".json", ".md", ".csv")):
             assert secret not in s3.cat_file(key).decode()
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
+    from flows.runtime import drain_to_api
+
+    drain_to_api()  # this process's queued logs reach the API before they are read
+    run_id = state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(limit=200)
+        ids = flow_run_tree(client, run_id)  # this run and its train-models subflow
+        logs = run_logs(client, ids)
+        mine = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=ids)))
         artifacts = client.read_artifacts()
-    assert logs and not [log.message for log in logs if secret in log.message]
-    assert not [a.key for a in artifacts if secret in str(a.data)]
+    assert len(ids) == 2, ids
+    (child,) = set(ids) - {run_id}
+    messages = {i: [log.message for log in logs if log.flow_run_id == i] for i in ids}
+    assert any(m.startswith("config ") for m in messages[run_id]), messages[run_id]
+    assert any("fold results" in m for m in messages[child]), messages[child]
+    assert not [log.message for log in logs if secret in log.message]
+    assert mine and not [a.key for a in mine + artifacts if secret in str(a.data)]
 
 
 def test_errors_never_show_the_secret(s3, capsys):

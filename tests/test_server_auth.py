@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.error
@@ -54,6 +55,28 @@ def post(url: str, body: dict, auth: str | None = None) -> tuple[int, object]:
         return exc.code, None
 
 
+def refused_url(stderr: str, api: str) -> str | None:
+    """The URL on ``api`` whose 401 answer, with the auth middleware's body, the client
+    died of; None when it died of anything else (server down, a crash, another status)."""
+    last = stderr.strip().splitlines()[-1] if stderr.strip() else ""
+    found = re.match(
+        rf"prefect\.exceptions\.PrefectHTTPStatusError: Client error '401 Unauthorized' "
+        rf"for url '({re.escape(api)}/[^']*)' - Response: "
+        r"\{'exception_message': 'Unauthorized'\}", last)
+    return found.group(1) if found else None
+
+
+def get_status(url: str, auth: str) -> int:
+    request = urllib.request.Request(url)
+    token = base64.b64encode(auth.encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
 def test_compose_server_auth_rejects_strangers_and_admits_configured_clients(tmp_path):
     server_setting = auth_setting(compose_env("prefect-server"))
     client_setting = auth_setting(compose_env("prefect-worker"))
@@ -73,7 +96,13 @@ def test_compose_server_auth_rejects_strangers_and_admits_configured_clients(tmp
         env.pop(client_setting)
         refused = subprocess.run([sys.executable, "-c", FLOW], env=env, capture_output=True,
                                  text=True, timeout=300)
+        # refused by this server's auth (HTTP 401), not down, elsewhere or crashed
         assert refused.returncode != 0
+        url = refused_url(refused.stderr, api)
+        assert url, refused.stderr[-3000:]
+        # the very request it was refused, sent with the credential, is served (a real
+        # route: 200, or 405 for a route that wants another method; a wrong URL is 404)
+        assert get_status(url, PLANTED) in (200, 405), url
 
         status, runs = post(f"{api}/flow_runs/filter", {}, PLANTED)
         assert status == 200
