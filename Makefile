@@ -1,10 +1,11 @@
-# Two commands do everything on a fresh machine: `make demo` and `make test`.
+# Two commands do everything on a fresh machine: `make demo` and `make test`
+# (`make test-fast` is the quick tier while developing).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= out/demo
 
-.PHONY: demo test lint install clean
+.PHONY: demo test test-fast lint install clean
 
 # constraints.txt pins the versions checked together (pip's resolver backtracks for many
 # minutes between s3fs/aiobotocore and moto/botocore without it).
@@ -24,6 +25,11 @@ lint: $(VENV)/.installed
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The fast tier (a few minutes): the library, task logic, flow wiring on a temporary Prefect
+# API with the in-process thread runner. `make test` (CI) runs everything.
+test-fast: lint
+	$(BIN)/python -m pytest -m "not slow"
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -35,7 +35,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from covid_pipeline import zoo  # noqa: E402
+from covid_pipeline import backbones, zoo  # noqa: E402
 from covid_pipeline.config import resolve_config  # noqa: E402
 
 
@@ -47,10 +47,10 @@ def measure(spec: zoo.ModelSpec, policy: str, batch: int, seconds: float) -> dic
     keras.mixed_precision.set_global_policy(policy)
     try:
         t0 = time.perf_counter()
-        model = zoo.build_backbone(spec, None, input_size=spec.input_size)
+        model = backbones.build_backbone(spec, None, input_size=spec.input_size)
         built = time.perf_counter() - t0
         size = spec.input_size
-        x = zoo.preprocess_fn(spec)(np.random.default_rng(0).uniform(
+        x = backbones.preprocess_fn(spec)(np.random.default_rng(0).uniform(
             0, 255, (batch, size, size, 3)).astype("float32"))
         t0 = time.perf_counter()
         y = np.asarray(model.predict_on_batch(x))

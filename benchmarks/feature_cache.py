@@ -9,7 +9,10 @@ measures in one run, for each model:
 - wall time and backbone passes of ``online``, ``cached`` (views = epochs) and ``cached``
   (views = K);
 - online / cached wall time against the ratio of their pass counts, and cached / limit;
-- the largest per-fold metric difference between ``online`` and ``cached`` (views = epochs).
+- the largest per-image probability difference (and per-fold metric difference) between
+  ``online`` and ``cached`` (views = epochs), which train on the same batches;
+- and checks: max Δprob ≤ 0.01, online/cached ≥ 0.85 × pass ratio, cached/limit ≤ 1.3
+  (exit status 1 when one fails).
 
 Epochs: by default each model trains for enough epochs (at least 20) that ``cached`` needs
 ``--target-seconds`` (45) of backbone work at the measured peak. A model pays a one-time
@@ -39,7 +42,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from covid_pipeline import zoo  # noqa: E402
+from covid_pipeline import backbones, zoo  # noqa: E402
 from covid_pipeline.config import BenchmarkConfig, resolve_config  # noqa: E402
 from covid_pipeline.dataset import DataSettings, prepare  # noqa: E402
 from covid_pipeline.features import extract_features, needed_views  # noqa: E402
@@ -72,9 +75,9 @@ def peak_throughput(model: str, cfg: BenchmarkConfig, seconds: float = 5.0) -> f
     spec = zoo.get(model)
     size = cfg.input_size or spec.input_size
     keras.utils.set_random_seed(cfg.seed)
-    backbone = zoo.build_backbone(spec, backbone_weights(spec, cfg), input_size=size,
+    backbone = backbones.build_backbone(spec, backbone_weights(spec, cfg), input_size=size,
                                    seed=cfg.seed)
-    x = tf.constant(zoo.preprocess_fn(spec)(
+    x = tf.constant(backbones.preprocess_fn(spec)(
         np.random.default_rng(0).uniform(0, 255, (cfg.extract_batch_size, size, size, 3))
         .astype("float32")))
     forward = tf.function(lambda batch: backbone(batch, training=False))
@@ -91,12 +94,13 @@ def peak_throughput(model: str, cfg: BenchmarkConfig, seconds: float = 5.0) -> f
 def run_mode(info: DatasetInfo, model: str, cfg: BenchmarkConfig, out: str) -> dict:
     """Wall time, backbone passes and per-fold metrics of one training mode."""
     t0 = time.perf_counter()
-    passes = 0
+    passes, features = 0, None
     if cfg.mode == "cached":
-        passes += extract_features(info.uri, model, cfg, out)["backbone_passes"]
+        features = extract_features(info.uri, model, cfg, out)
+        passes += features["backbone_passes"]
     folds, probs = [], {}
     for k in range(info.n_folds):
-        rec = train_fold(info.uri, model, k, cfg, out)
+        rec = train_fold(info.uri, model, k, cfg, out, features)
         passes += rec["timing"]["backbone_passes"]
         folds.append(rec["metrics"])
         preds = read_parquet(rec["predictions_uri"])
@@ -180,11 +184,34 @@ def main(argv: list[str] | None = None) -> int:
         row["speedup_vs_pass_ratio"] = row["online_over_cached"] / row["pass_ratio"]
         rows.append(row)
         print_row(row)
+    failed = check(rows)
     if args.json:
         Path(args.json).write_text(json.dumps({"data": data_name, "images": n,
                                                "folds": info.n_folds, "k": args.k,
-                                               "rows": rows}, indent=2))
-    return 0
+                                               "rows": rows, "failed_checks": failed},
+                                              indent=2))
+    return 1 if failed else 0
+
+
+# What the cache must show (issue 12): the same predictions as online, a speed-up that
+# follows the pass ratio, and cached close to the backbone limit.
+CHECKS = (
+    ("max Δprob ≤ 0.01", lambda r: r["max_prob_diff"] <= 0.01),
+    ("online/cached ≥ 0.85 × pass ratio", lambda r: r["speedup_vs_pass_ratio"] >= 0.85),
+    ("cached/limit ≤ 1.3", lambda r: r["cached_over_limit"] <= 1.3),
+)
+
+
+def check(rows: list[dict]) -> list[str]:
+    """Print each criterion per model; return the ones that failed."""
+    failed = []
+    for r in rows:
+        for name, ok in CHECKS:
+            verdict = "ok" if ok(r) else "FAILED"
+            print(f"{r['model']:<12} {name:<36} {verdict}")
+            if verdict != "ok":
+                failed.append(f"{r['model']}: {name}")
+    return failed
 
 
 def print_row(r: dict) -> None:

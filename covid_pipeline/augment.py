@@ -5,6 +5,9 @@ backbone sees the same rotated picture whether it runs every epoch (``online``) 
 per view (``cached``). View 0 is the un-augmented image; view ``v >= 1`` is rotated by an
 angle drawn uniformly in ``[-max_degrees, +max_degrees]`` (what Keras'
 ``RandomRotation(max_degrees / 360)`` draws).
+
+TensorFlow is imported inside the functions (seconds to import; ingest and the CLI
+never need it).
 """
 
 from __future__ import annotations

@@ -1,6 +1,10 @@
-"""The ``covid-pipeline`` command line.
+"""The library's commands of ``covid-pipeline`` (ingest, synth-data, models, weights) and
+the pieces the orchestration's commands share (``flows/cli.py`` adds ``run`` and ``demo``
+and is the entry point).
 
-Heavy imports (TensorFlow, Prefect) happen inside the commands that need them, so that
+Options of settings come from the config model (:mod:`covid_pipeline.config`): names, help,
+choices and defaults live there only. Values pass through as text and are validated by the
+model, so every bad value is one line. Nothing here imports TensorFlow or Prefect at start:
 ``--help``, ``models`` and bad-input errors answer at once.
 """
 
@@ -10,28 +14,48 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+
+from covid_pipeline import weights, zoo
+from covid_pipeline.config import (
+    DATA_FIELDS,
+    DataSettings,
+    choices_of,
+    cli_fields,
+    field_info,
+    flag_of,
+    load_preset,
+    preset_names,
+)
+from covid_pipeline.dataset import prepare
+from covid_pipeline.errors import ConfigError, PipelineError
+from covid_pipeline.sources import parse_source
+from covid_pipeline.synth import make_synthetic
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from covid_pipeline.errors import ManifestError
-    from covid_pipeline.storage import StorageError
+def add_config_options(p: argparse.ArgumentParser, keys: Iterable[str]) -> None:
+    """One option per config field that has a flag; unset options stay None (the preset's
+    or the model's default applies)."""
+    for key in keys:
+        info = field_info(key)
+        choices = choices_of(key)
+        default = info.get_default(call_default_factory=True)
+        if isinstance(default, tuple):
+            default = ",".join(default) if len(default) < 4 else f"{len(default)} models"
+        help_text = info.description or ""
+        if choices:
+            help_text += f"; one of {', '.join(choices)}"
+        p.add_argument(flag_of(key), dest=key, default=None,
+                       metavar="{" + ",".join(choices) + "}" if choices else key.upper(),
+                       help=f"{help_text} (default: {default})")
 
-    return (ManifestError, StorageError, FileNotFoundError, PermissionError)
 
-
-def add_data_options(p: argparse.ArgumentParser, *, defaults: bool = True) -> None:
-    """The data-path options shared by ``ingest`` and ``run``."""
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    """The data-path options shared by ``ingest``, ``run`` and ``demo``."""
     p.add_argument("--source", action="append", default=[], metavar="KIND=URI",
                    help="a data set: ieee8023=URI, rsna=URI or folder=URI (repeatable)")
-    p.add_argument("--balance", choices=["undersample", "none", "class-weight"],
-                   default="undersample" if defaults else None)
-    p.add_argument("--folds", type=int, default=5 if defaults else None)
-    p.add_argument("--group-by", choices=["patient", "none"],
-                   default="patient" if defaults else None)
-    p.add_argument("--seed", type=int, default=42 if defaults else None)
-    p.add_argument("--image-size", type=int, default=512 if defaults else None,
-                   help="canonical resolution of the normalised images (px)")
+    add_config_options(p, [k for k in DATA_FIELDS if flag_of(k)])
     p.add_argument("--view-filter", default=None,
                    help="ieee8023 views to keep, comma-separated (default: frontal views)")
     p.add_argument("--no-finding-as-normal", action="store_true",
@@ -47,16 +71,25 @@ def source_options(args: argparse.Namespace) -> dict[str, dict]:
     return {"ieee8023": ieee} if ieee else {}
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
-    from covid_pipeline.dataset import DataSettings, prepare
-    from covid_pipeline.sources import parse_source
+def config_overrides(args: argparse.Namespace) -> dict:
+    """The settings the command line gives (flat keys; None where not given)."""
+    overrides = {key: getattr(args, key, None) for key in cli_fields()}
+    options = source_options(args)
+    if options:
+        overrides["source_options"] = options
+    return overrides
 
+
+def require_sources(args: argparse.Namespace) -> None:
+    if not args.source:
+        raise ConfigError("no --source given; add e.g. --source ieee8023=/data/covid")
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    require_sources(args)
     specs = [parse_source(s) for s in args.source]
-    settings = DataSettings(balance=args.balance, folds=args.folds, group_by=args.group_by,
-                            seed=args.seed, image_size=args.image_size,
-                            source_options=source_options(args))
-    settings.validate()
-    info, report = prepare(specs, args.out, settings)
+    given = {k: v for k, v in config_overrides(args).items() if k in DATA_FIELDS and v is not None}
+    info, report = prepare(specs, args.out, DataSettings(**given))
     print(f"dataset version: {info.version}")
     print(f"dataset uri: {info.uri}")
     print(format_report(report))
@@ -82,8 +115,6 @@ def format_report(report: dict) -> str:
 
 
 def cmd_synth_data(args: argparse.Namespace) -> int:
-    from covid_pipeline.synth import make_synthetic
-
     s = make_synthetic(args.out, covid_patients=args.patients, normals=args.normals,
                        size=args.size, seed=args.seed)
     print(f"synthetic data written to {s.root}")
@@ -93,112 +124,7 @@ def cmd_synth_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_run_options(p: argparse.ArgumentParser, out_default: str | None = None) -> None:
-    p.add_argument("--preset", default=None, help="a preset name (see `models --presets`)")
-    p.add_argument("--config", default=None, help="a YAML config file (keys as in presets)")
-    p.add_argument("--models", default=None, help="comma-separated model names")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--mode", choices=["online", "cached"], default=None,
-                   help="online: the study's procedure; cached: backbone features per view")
-    p.add_argument("--views", type=int, default=None, dest="feature_views",
-                   help="cached mode: augmented views per image (default: = epochs)")
-    p.add_argument("--input-size", type=int, default=None,
-                   help="run every model at this input size (default: the table's)")
-    p.add_argument("--weights", default=None, help="imagenet (default), none, or a folder/file")
-    p.add_argument("--cluster", default="local",
-                   help="local, cuda, or a Dask scheduler address (tcp://host:8786)")
-    p.add_argument("--workers", type=int, default=None, help="local cluster: worker processes")
-    p.add_argument("--out", required=out_default is None, default=out_default,
-                   help="output folder or s3:// URI")
-    p.add_argument("--credentials-block", default=None, metavar="secret/NAME",
-                   help="object-storage credentials from a Prefect block: secret/NAME "
-                        "(default: the environment)")
-
-
-def run_overrides(args: argparse.Namespace) -> dict:
-    models = [m.strip() for m in args.models.split(",")] if args.models else None
-    return dict(models=models, folds=args.folds, epochs=args.epochs, weights=args.weights,
-                balance=args.balance, group_by=args.group_by, seed=args.seed, mode=args.mode,
-                views=args.feature_views, image_size=args.image_size, input_size=args.input_size)
-
-
-def check_run(args: argparse.Namespace, sources: list[str], preset: str) -> None:
-    """Validate every parameter (cheaply, before Prefect starts)."""
-    from covid_pipeline.cluster import check
-    from covid_pipeline.config import resolve_config
-    from covid_pipeline.sources import parse_source
-
-    resolve_config(preset=preset, config_file=args.config, **run_overrides(args))
-    for s in sources:
-        parse_source(s)
-    check(args.cluster)
-    if args.credentials_block:
-        from flows.credentials import check_block_name
-
-        check_block_name(args.credentials_block)
-
-
-def run_benchmark(args: argparse.Namespace, sources: list[str], preset: str) -> dict:
-    """Validate everything cheap first, then start Prefect and run the flow."""
-    check_run(args, sources, preset)
-    models = run_overrides(args)["models"]
-    from flows.benchmark import covid_benchmark
-    from flows.runtime import prefect_api
-
-    with prefect_api():
-        return covid_benchmark(
-            sources=sources, out=args.out, preset=preset, config_file=args.config,
-            models=models, folds=args.folds, epochs=args.epochs, weights_source=args.weights,
-            balance=args.balance, group_by=args.group_by, seed=args.seed, mode=args.mode,
-            views=args.feature_views, image_size=args.image_size, input_size=args.input_size,
-            cluster=args.cluster, workers=args.workers,
-            source_options=source_options(args), credentials_block=args.credentials_block,
-        )
-
-
-def print_result(result: dict) -> None:
-    from covid_pipeline import storage
-
-    print(f"dataset version: {result['dataset_version']}  config: {result['config_hash']}")
-    print(f"fold results reused from earlier runs: {result['reused']}")
-    for model, why in result["failures"].items():
-        print(f"FAILED {model}: {why}")
-    print(storage.read_text(result["leaderboard"]["md"]))
-    print("leaderboard: " + ", ".join(result["leaderboard"].values()))
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    if not args.source:
-        from covid_pipeline.errors import ManifestError
-
-        raise ManifestError("no --source given; add e.g. --source ieee8023=/data/covid")
-    result = run_benchmark(args, args.source, args.preset or "paper")
-    print_result(result)
-    return 1 if result["failures"] else 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from covid_pipeline import storage
-    from covid_pipeline.synth import make_synthetic
-
-    check_run(args, [], args.preset or "smoke")
-    data = make_synthetic(storage.join(args.out, "synthetic-data"), covid_patients=12,
-                          normals=24, size=192, seed=0)
-    print(f"synthetic data: {data.root} ({data.covid_images} COVID-19 images of "
-          f"{data.covid_patients} patients, {data.normal_images} normal DICOMs)")
-    if args.weights is None:
-        args.weights = "none"
-        print("weights: none (random backbones; pass --weights imagenet to use cached ones)")
-    result = run_benchmark(args, [f"ieee8023={data.ieee8023}", f"rsna={data.rsna}"],
-                           args.preset or "smoke")
-    print_result(result)
-    return 1 if result["failures"] else 0
-
-
 def cmd_models(args: argparse.Namespace) -> int:
-    from covid_pipeline import zoo
-    from covid_pipeline.config import load_preset, preset_names
-
     if args.presets:
         for name in preset_names():
             cfg = load_preset(name)
@@ -214,9 +140,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
-    from covid_pipeline import weights
-    from covid_pipeline.config import load_preset
-
     names = ([m.strip() for m in args.models.split(",")] if args.models
              else list(load_preset(args.preset).models))
     if args.action == "status":
@@ -226,12 +149,14 @@ def cmd_weights(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """The parser with the library's commands; the orchestration adds its own to ``sub``."""
     parser = argparse.ArgumentParser(
         prog="covid-pipeline",
         description="COVID-19 vs normal chest X-ray transfer-learning benchmark.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and the traceback of any error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("ingest", help="ingest, balance, fold and shard the data sets")
@@ -247,16 +172,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_synth_data)
 
-    p = sub.add_parser("run", help="run the benchmark flow (Prefect + Dask)")
-    add_data_options(p, defaults=False)
-    add_run_options(p)
-    p.set_defaults(func=cmd_run)
-
-    p = sub.add_parser("demo", help="synthetic data + the smoke preset, no network, no GPU")
-    add_data_options(p, defaults=False)
-    add_run_options(p, out_default="covid-pipeline-demo")
-    p.set_defaults(func=cmd_demo)
-
     p = sub.add_parser("models", help="list the model table")
     p.add_argument("--preset", default=None, help="only the models of this preset")
     p.add_argument("--presets", action="store_true", help="list the presets instead")
@@ -268,20 +183,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default=None, help="comma-separated model names")
     p.add_argument("--dir", default=None, help="weights folder (default: the Keras cache)")
     p.set_defaults(func=cmd_weights)
-    return parser
+    return parser, sub
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None,
+         extend: Callable[[argparse._SubParsersAction], None] | None = None) -> int:
+    """Parse, run the command; a :class:`PipelineError` is one line and exit 2 (``-v``:
+    with its traceback). Anything else is not dressed up: it keeps its traceback."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-    parser = build_parser()
+    parser, sub = build_parser()
+    if extend is not None:
+        extend(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     try:
         return int(args.func(args) or 0)
-    except _user_errors() as exc:
+    except PipelineError as exc:
+        if args.verbose:
+            traceback.print_exc()
         print(f"covid-pipeline: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -4,6 +4,8 @@
 ``cuda`` (dask-cuda's LocalCUDACluster, one worker per GPU, each advertising ``GPU=1``),
 or a scheduler address (``tcp://host:8786``, ``tls://…``) of an existing cluster: dask-cuda
 workers, the Dask Kubernetes operator or dask-jobqueue (Slurm) all end up as one.
+``threads`` runs the tasks in the flow's own process, one at a time, without Dask (for
+debugging and the fast tests).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
-from covid_pipeline.errors import ManifestError
+from covid_pipeline.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -25,11 +27,15 @@ class ClusterSpec:
     cluster_class: str | None = None
     cluster_kwargs: dict[str, Any] = field(default_factory=dict)
     gpus: int = 0
+    threads: bool = False  # ``--cluster threads``: no Dask, one task at a time in-process
 
     def runner_kwargs(self) -> dict[str, Any]:
         if self.address:
             return {"address": self.address}
         return {"cluster_class": self.cluster_class, "cluster_kwargs": dict(self.cluster_kwargs)}
+
+
+KINDS = ("local", "cuda", "threads")
 
 
 def local_gpu_count() -> int:
@@ -49,9 +55,10 @@ def local_gpu_count() -> int:
 def check(cluster: str) -> None:
     """Validate a ``--cluster`` value's form (cheap: no GPU probe, no connection)."""
     cluster = (cluster or "local").strip()
-    if "://" not in cluster and cluster not in ("local", "cuda"):
-        raise ManifestError(
-            f"--cluster {cluster!r}: use local, cuda, or a scheduler address like tcp://host:8786"
+    if "://" not in cluster and cluster not in KINDS:
+        raise ConfigError(
+            f"--cluster {cluster!r}: use local, cuda, threads, or a scheduler address like "
+            "tcp://host:8786"
         )
 
 
@@ -61,10 +68,12 @@ def resolve(cluster: str, n_tasks: int, workers: int | None = None) -> ClusterSp
     cluster = (cluster or "local").strip()
     if "://" in cluster:
         return ClusterSpec(address=cluster)
+    if cluster == "threads":
+        return ClusterSpec(threads=True)
     if cluster == "cuda":
         gpus = local_gpu_count()
         if gpus == 0:
-            raise ManifestError("--cluster cuda: no GPU found; use --cluster local")
+            raise ConfigError("--cluster cuda: no GPU found; use --cluster local")
         kwargs = {"resources": {"GPU": 1}, "threads_per_worker": 1}
         return ClusterSpec(cluster_class="dask_cuda.LocalCUDACluster", cluster_kwargs=kwargs,
                            gpus=gpus)
@@ -79,17 +88,34 @@ def resolve(cluster: str, n_tasks: int, workers: int | None = None) -> ClusterSp
 
 
 def scheduler_workers(address: str) -> tuple[int, int]:
-    """(workers, GPU resources) of an existing scheduler's cluster."""
+    """(workers, GPU resources) of an existing scheduler's cluster, whose workers must each
+    run one task thread (:func:`check_one_thread_per_worker`)."""
+    # distributed is imported here: it costs a second and only this call needs a client.
     from distributed import Client
 
     with Client(address, timeout="20s") as client:
         workers = client.scheduler_info(n_workers=-1)["workers"]
+    check_one_thread_per_worker(address, workers)
     gpus = sum(w.get("resources", {}).get("GPU", 0) for w in workers.values())
     return len(workers), int(gpus)
+
+
+def check_one_thread_per_worker(address: str, workers: dict[str, dict[str, Any]]) -> None:
+    """TensorFlow's process settings and the compiled-head cache are per worker process and
+    not safe for two training tasks at once: every worker must run one task thread."""
+    crowded = sorted(f"{name} ({info.get('nthreads')} threads)"
+                     for name, info in workers.items() if int(info.get("nthreads", 1)) != 1)
+    if crowded:
+        raise ConfigError(
+            f"--cluster {address}: worker(s) {', '.join(crowded)} run several task threads; "
+            "TensorFlow tasks need one per worker process: start them with "
+            "`dask worker ... --nthreads 1` (more processes for more parallelism)")
 
 
 def size(spec: ClusterSpec) -> tuple[int, int]:
     """(workers, GPUs) the spec gives: read from the scheduler for an address."""
     if spec.address:
         return scheduler_workers(spec.address)
+    if spec.threads:
+        return 1, 0
     return int(spec.cluster_kwargs.get("n_workers", spec.gpus)), spec.gpus

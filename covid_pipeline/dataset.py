@@ -5,13 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
-from covid_pipeline import imaging, storage
+from covid_pipeline import layout, storage
 from covid_pipeline.balance import balance, check_two_classes
-from covid_pipeline.config import check_data_settings
+from covid_pipeline.config import DataSettings
 from covid_pipeline.folds import assign_folds, check_enough_units
 from covid_pipeline.ingest import IngestResult, ingest
 from covid_pipeline.shards import (
@@ -24,26 +23,6 @@ from covid_pipeline.shards import (
 from covid_pipeline.sources import SourceSpec
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DataSettings:
-    """Everything that decides a dataset version besides the source files themselves."""
-
-    balance: str = "undersample"
-    folds: int = 5
-    group_by: str = "patient"
-    seed: int = 42
-    image_size: int = imaging.CANONICAL_SIZE
-    source_options: dict[str, dict] = field(default_factory=dict)
-
-    def validate(self) -> None:
-        """The same rules as :class:`BenchmarkConfig` (one definition, in config.py)."""
-        check_data_settings(balance=self.balance, folds=self.folds, group_by=self.group_by,
-                            seed=self.seed, image_size=self.image_size)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def report_of(result: IngestResult) -> dict:
@@ -60,23 +39,21 @@ def _stage(out: str, manifest: pd.DataFrame, quarantine: pd.DataFrame, report: d
     """Write an intermediate step under ``<out>/staging/<content-hash>/``; return its URI."""
     digest = hashlib.sha256(parquet_bytes(manifest) + json.dumps(report, sort_keys=True,
                                                                  default=str).encode())
-    uri = storage.join(out, "staging", f"{step}-{digest.hexdigest()[:16]}")
-    write_parquet(storage.join(uri, "manifest.parquet"), manifest)
-    write_parquet(storage.join(uri, "quarantine.parquet"), quarantine)
-    storage.write_json(storage.join(uri, "report.json"), report)
+    uri = layout.staging(out, step, digest.hexdigest()[:16])
+    write_parquet(layout.staged_file(uri, "manifest.parquet"), manifest)
+    write_parquet(layout.staged_file(uri, "quarantine.parquet"), quarantine)
+    storage.write_json(layout.staged_file(uri, "report.json"), report)
     return uri
 
 
 def _unstage(uri: str) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    return (read_parquet(storage.join(uri, "manifest.parquet")),
-            read_parquet(storage.join(uri, "quarantine.parquet")),
-            storage.read_json(storage.join(uri, "report.json")))
+    return (read_parquet(layout.staged_file(uri, "manifest.parquet")),
+            read_parquet(layout.staged_file(uri, "quarantine.parquet")),
+            storage.read_json(layout.staged_file(uri, "report.json")))
 
 
 def ingest_step(specs: list[SourceSpec], out: str, settings: DataSettings) -> str:
     """Ingest every source; stage manifest, quarantine and report; return the staging URI."""
-    settings.validate()
-
     def feasible(candidates: pd.DataFrame) -> None:  # before any image is read or written
         check_two_classes(candidates)
         check_enough_units(candidates, settings.folds, settings.group_by)

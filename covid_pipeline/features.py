@@ -1,4 +1,5 @@
-"""Backbone feature cache: one backbone pass per image and view, shared by every fold.
+"""Backbone feature cache (layout, reuse, extraction): one backbone pass per image and view,
+shared by every fold.
 
 A frozen backbone (BatchNorm in inference mode) is a fixed function of its input, so the
 features of an image under a view never change. They are stored per image, keyed by the
@@ -9,6 +10,9 @@ model, its preprocessing settings and the image's sha256::
 Row 0 is the un-augmented image (evaluation), row v >= 1 the image rotated by
 :func:`covid_pipeline.augment.rotation_degrees` for view v. Unchanged images are reused
 across folds, runs and data-set updates; a run that needs more views extends the files.
+
+TensorFlow and Keras are imported inside the functions (seconds to import; the flow
+process and the CLI never need them).
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import posixpath
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,43 +30,16 @@ from typing import Any
 
 import numpy as np
 
-from covid_pipeline import storage, zoo
+from covid_pipeline import backbones, layout, storage, zoo
 from covid_pipeline.augment import resize, rotated_inputs, view_angles
 from covid_pipeline.config import BenchmarkConfig
-from covid_pipeline.shards import DatasetInfo, load_dataset, read_parquet
-from covid_pipeline.training import (
-    Split,
-    batch_schedule,
-    class_weights,
-    configure_tensorflow,
-    fit_schedule,
-    fresh_head_model,
-    load_split,
-    scheduled_batches,
-)
+from covid_pipeline.shards import load_dataset, load_split, read_parquet
+from covid_pipeline.tfsetup import backbone_precision, configure_tensorflow
 from covid_pipeline.weights import backbone_weights, weights_digest
 
 log = logging.getLogger(__name__)
 
 FEATURE_FORMAT = 1
-PRECISIONS = ("float32", "mixed_float16")
-ONLINE_PRECISION = "float32"  # train_online runs the backbone in float32 on every device
-
-
-def backbone_precision() -> str:
-    """``mixed_float16`` on GPUs (backbone only; head and loss stay float32), else float32.
-
-    ``COVID_PIPELINE_PRECISION=float32`` turns mixed precision off.
-    """
-    wanted = os.environ.get("COVID_PIPELINE_PRECISION", "auto")
-    if wanted in PRECISIONS:
-        return wanted
-    if wanted != "auto":
-        raise ValueError(f"COVID_PIPELINE_PRECISION={wanted!r}: use auto, "
-                         f"{' or '.join(PRECISIONS)}")
-    import tensorflow as tf
-
-    return "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
 
 
 def settings_hash(model: str, cfg: BenchmarkConfig, image_size: int, precision: str,
@@ -108,13 +84,12 @@ def feature_source(out: str, model: str, cfg: BenchmarkConfig, image_size: int,
     precision = precision or backbone_precision()
     digest = weights_digest(zoo.get(model), cfg)
     return FeatureSource(
-        storage.join(out, "features", model,
-                     settings_hash(model, cfg, image_size, precision, digest)),
+        layout.features(out, model, settings_hash(model, cfg, image_size, precision, digest)),
         precision, digest)
 
 
 def feature_uri(root: str, sha: str) -> str:
-    return storage.join(root, sha[:2], f"{sha}.npy")
+    return layout.feature_file(root, sha)
 
 
 def encode_features(arr: np.ndarray) -> bytes:
@@ -145,7 +120,7 @@ def stored_views(root: str, width: int) -> dict[str, int]:
     out = {}
     for rel, size in storage.file_sizes(root).items():
         sha, ext = posixpath.splitext(posixpath.basename(rel))
-        if ext != ".npy" or rel != f"{sha[:2]}/{sha}.npy":
+        if ext != ".npy" or rel != layout.feature_relpath(sha):
             continue
         rows = (size - _file_size(1, width)) // (2 * width) + 1
         if rows >= 1 and _file_size(rows, width) == size:
@@ -218,9 +193,10 @@ def extract_features(dataset_uri: str, model: str, cfg: BenchmarkConfig, out: st
     keras.utils.set_random_seed(cfg.seed)
     keras.mixed_precision.set_global_policy(precision)
     try:
-        backbone = zoo.build_backbone(spec, backbone_weights(spec, cfg), input_size=size,
-                                      seed=cfg.seed)
-        forward = feature_function(backbone, zoo.preprocess_fn(spec), jit=precision != "float32")
+        backbone = backbones.build_backbone(spec, backbone_weights(spec, cfg),
+                                            input_size=size, seed=cfg.seed)
+        forward = feature_function(backbone, backbones.preprocess_fn(spec),
+                                   jit=precision != "float32")
         feats = backbone_features(forward, split.images[[index[s] for s in todo]], todo, cfg,
                                   size, views)
     finally:
@@ -304,111 +280,3 @@ def backbone_features(forward, images: np.ndarray, shas: list[str], cfg: Benchma
                              for v in range(views + 1)])
     feats = run_backbone(forward, resized, rows, angles, cfg.extract_batch_size, np.float16)
     return feats.reshape(views + 1, n, -1).transpose(1, 0, 2)
-
-
-def head_batches(cfg: BenchmarkConfig, fold: int, x: np.ndarray, labels: np.ndarray,
-                 columns: np.ndarray):
-    """tf.data of the training batches of every epoch, in order, and their count.
-
-    Epoch e trains on features ``x[:, columns[e]]`` (``x`` is [N, C, D]) in its seeded
-    batch order (:func:`covid_pipeline.training.batch_schedule`).
-    """
-    import tensorflow as tf
-
-    rows, epochs, bounds = batch_schedule(cfg, fold, len(labels))
-    feats = tf.constant(x)
-    ys = tf.constant(labels)
-    index = tf.constant(np.stack([rows, columns[epochs] if len(epochs) else epochs], axis=1))
-
-    def batch(start, end):
-        return tf.gather_nd(feats, index[start:end]), tf.gather(ys, index[start:end, 0])
-
-    return scheduled_batches(bounds, batch), len(bounds) - 1
-
-
-def train_head(cfg: BenchmarkConfig, fold: int, x_train: np.ndarray, labels: np.ndarray,
-               columns: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Train the study's head on features (epoch e on ``x_train[:, columns[e]]``); return
-    the test images' COVID-19 probabilities and the train / predict seconds."""
-    import keras
-
-    keras.utils.set_random_seed(cfg.seed)
-    net = fresh_head_model(cfg, x_train.shape[-1])
-    t0 = time.perf_counter()
-    batches, n_batches = head_batches(cfg, fold, x_train, labels, columns)
-    fit_schedule(net, batches, n_batches, class_weights(cfg, labels))
-    train_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    prob = np.asarray(net.predict_on_batch(x_test))[:, 1] if len(x_test) else np.zeros(0)
-    return prob, train_s, time.perf_counter() - t0
-
-
-def train_cached(info: DatasetInfo, model: str, fold: int, cfg: BenchmarkConfig,
-                 source: FeatureSource):
-    """Train the head on the features under ``source`` (the extraction's, which may have run
-    on another kind of worker): epoch e on view ``epoch_view(e)``, test on view 0.
-
-    Rows come in image_id order, as in :func:`train_online` (the same batches)."""
-    manifest = read_parquet(info.manifest_uri).sort_values("image_id")
-    shas = sorted(set(manifest["sha256"].astype(str)))
-    views = needed_views(cfg)
-    feats = {sha: arr for sha, arr in read_features(source.root, shas).items()
-             if arr.shape[0] > views}
-    if len(feats) < len(shas):
-        raise RuntimeError(f"{len(shas) - len(feats)} of {len(shas)} images have no readable "
-                           f"cached features for {model} under {source.root}; run the "
-                           "feature-extraction task first (an unreadable file is logged with "
-                           "its URI: delete it)")
-
-    def split(mask) -> tuple[Split, np.ndarray]:
-        part = manifest[mask]
-        shas = part["sha256"].astype(str).tolist()
-        return (Split(None, part["label"].to_numpy(np.int64), part["image_id"].astype(str)
-                      .tolist(), shas), np.stack([feats[s] for s in shas]).astype(np.float32))
-
-    train, x_train = split(manifest["fold"] != fold)
-    test, x_test = split(manifest["fold"] == fold)
-    columns = np.array([epoch_view(cfg, e) for e in range(cfg.epochs)], np.int64)
-    prob, train_s, predict_s = train_head(cfg, fold, x_train, train.labels, columns,
-                                          x_test[:, 0])
-    return test, prob, {"train_seconds": train_s, "predict_seconds": predict_s,
-                        "backbone_passes": 0}
-
-
-def train_online(info: DatasetInfo, model: str, fold: int, cfg: BenchmarkConfig):
-    """The study's procedure: every epoch of the fold sends its rotated training images
-    through the frozen backbone (epoch e: view ``e + 1``'s angles), nothing is kept.
-
-    The backbone is frozen and in inference mode, so its output does not depend on the
-    head's training: each epoch's features are computed first (float32, full batches),
-    then the head trains on them batch by batch exactly as on the whole model. They are
-    held in memory: train images x epochs x width floats (~0.3 GB at the paper's scale).
-    """
-    import keras
-
-    spec = zoo.get(model)
-    size = cfg.input_size or spec.input_size
-    train = load_split(info, [k for k in range(info.n_folds) if k != fold])
-    test = load_split(info, [fold])
-    t0 = time.perf_counter()
-    n, epochs, bs = len(train), cfg.epochs, cfg.extract_batch_size
-    keras.utils.set_random_seed(cfg.seed)
-    try:
-        backbone = zoo.build_backbone(spec, backbone_weights(spec, cfg), input_size=size,
-                                      seed=cfg.seed)
-        forward = feature_function(backbone, zoo.preprocess_fn(spec))
-        rows = np.tile(np.arange(n), epochs)
-        angles = np.concatenate([view_angles(cfg.seed, train.shas, e + 1,
-                                             cfg.rotation_degrees)
-                                 for e in range(epochs)]) if n else np.zeros(0, np.float32)
-        x_train = run_backbone(forward, resize_all(train.images, size, bs), rows, angles, bs)
-        x_test = run_backbone(forward, resize_all(test.images, size, bs),
-                              np.arange(len(test)), np.zeros(len(test), np.float32), bs)
-    finally:
-        keras.backend.clear_session()  # the backbone; the cached head stays usable
-    x_train = x_train.reshape(epochs, n, -1).transpose(1, 0, 2)
-    backbone_s = time.perf_counter() - t0
-    prob, train_s, predict_s = train_head(cfg, fold, x_train, train.labels,
-                                          np.arange(epochs), x_test)
-    return test, prob, {"train_seconds": backbone_s + train_s, "predict_seconds": predict_s,
-                        "backbone_passes": n * epochs + len(test)}

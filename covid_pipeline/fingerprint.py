@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from covid_pipeline import storage
+from covid_pipeline import layout, storage
 from covid_pipeline.sources import SourceSpec
 
 METADATA_SUFFIXES = (".csv",)
@@ -56,7 +56,7 @@ def fingerprint(spec: SourceSpec) -> Fingerprint:
 
 def state_uri(out: str, spec: SourceSpec) -> str:
     key = hashlib.sha256(str(spec).encode()).hexdigest()[:16]
-    return storage.join(out, "watch", f"{spec.kind}-{key}.json")
+    return layout.watch_state(out, spec.kind, key)
 
 
 def previous(out: str, spec: SourceSpec) -> Fingerprint | None:

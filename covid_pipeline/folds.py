@@ -6,7 +6,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from covid_pipeline.config import GROUP_BYS
-from covid_pipeline.errors import ManifestError
+from covid_pipeline.errors import DataError
 from covid_pipeline.manifest import LABEL_NAMES
 
 GROUPINGS = GROUP_BYS
@@ -16,9 +16,9 @@ def assign_folds(df: pd.DataFrame, n_folds: int = 5, group_by: str = "patient",
                  seed: int = 42) -> pd.DataFrame:
     """Return a copy of ``df`` with a ``fold`` column in ``0..n_folds-1``."""
     if group_by not in GROUPINGS:
-        raise ManifestError(f"--group-by {group_by!r}: use one of {', '.join(GROUPINGS)}")
+        raise DataError(f"--group-by {group_by!r}: use one of {', '.join(GROUPINGS)}")
     if n_folds < 2:
-        raise ManifestError(f"--folds {n_folds}: need at least 2 folds")
+        raise DataError(f"--folds {n_folds}: need at least 2 folds")
     df = df.sort_values("image_id", kind="stable").reset_index(drop=True)
     check_enough_units(df, n_folds, group_by)
     labels = df["label"].to_numpy()
@@ -44,7 +44,7 @@ def check_enough_units(df: pd.DataFrame, n_folds: int, group_by: str) -> None:
         mask = labels == label
         n = int(df.loc[mask, "patient_id"].nunique()) if group_by == "patient" else int(mask.sum())
         if n < n_folds:
-            raise ManifestError(
+            raise DataError(
                 f"class {name} has {n} {unit}, fewer than --folds {n_folds}; "
                 f"lower --folds or add data"
             )

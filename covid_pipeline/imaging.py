@@ -1,4 +1,7 @@
-"""Decode, validate and normalise chest X-ray images (PNG, JPEG, DICOM; any bit depth)."""
+"""Decode, validate and normalise chest X-ray images (PNG, JPEG, DICOM; any bit depth).
+
+pydicom is imported inside the DICOM decoder (only DICOM files need it).
+"""
 
 from __future__ import annotations
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from covid_pipeline import imaging, storage
-from covid_pipeline.errors import ManifestError
+from covid_pipeline import imaging, layout, storage
+from covid_pipeline.errors import DataError
 from covid_pipeline.manifest import (
     LABEL_NAMES,
     Candidate,
@@ -45,7 +45,7 @@ class IngestResult:
 
 
 def normalised_uri(out: str, sha256: str, size: int) -> str:
-    return storage.join(out, "cache", f"png-{size}", sha256[:2], f"{sha256}.png")
+    return layout.normalised_image(out, sha256, size)
 
 
 def _read_one(cand: Candidate, out: str, size: int) -> dict | Rejected:
@@ -107,10 +107,10 @@ def ingest(
     """Scan every source, read every candidate image, and return manifest + quarantine.
 
     ``precheck`` gets the candidates (``label``, ``patient_id``) before any image is read or
-    written, to fail early on a data set that cannot succeed (it raises ManifestError).
+    written, to fail early on a data set that cannot succeed (it raises DataError).
     """
     if not specs:
-        raise ManifestError("no --source given; add e.g. --source ieee8023=/data/covid-chestxray")
+        raise DataError("no --source given; add e.g. --source ieee8023=/data/covid-chestxray")
     rejected: list[Rejected] = []
     candidates: list[Candidate] = []
     excluded: dict[str, dict[str, int]] = {}

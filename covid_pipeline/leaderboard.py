@@ -1,4 +1,7 @@
-"""Fold results → per-model mean ± std → leaderboard CSV, Markdown and PNG."""
+"""Fold results → per-model mean ± std → leaderboard CSV, Markdown and PNG.
+
+matplotlib is imported inside :func:`to_png` (slow to import; only the PNG needs it).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from covid_pipeline import storage, zoo
+from covid_pipeline import layout, storage, zoo
 from covid_pipeline.metrics import METRICS, summarise
 
 RANK_BY = ("balanced_accuracy_mean", "auc_mean")
@@ -153,6 +156,6 @@ def write(df: pd.DataFrame, ctx: LeaderboardContext, folders: list[str]) -> dict
     uris: dict[str, str] = {}
     for folder in folders:
         for ext, data in (("csv", csv), ("md", md), ("png", png)):
-            uri = storage.write_bytes(storage.join(folder, f"leaderboard.{ext}"), data)
+            uri = storage.write_bytes(layout.leaderboard(folder, ext), data)
             uris.setdefault(ext, uri)
     return uris

@@ -10,6 +10,9 @@ Layout under ``<out>/datasets/<version>/``::
 
 ``<version>`` hashes the manifest's content columns and the preprocessing settings, so the
 same inputs give the same version and any changed, added or removed image a new one.
+
+TensorFlow is imported inside the TFRecord functions (seconds to import; reading
+manifests does not need it).
 """
 
 from __future__ import annotations
@@ -18,14 +21,16 @@ import hashlib
 import io
 import json
 import logging
+import tempfile
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from covid_pipeline import storage
+from covid_pipeline import layout, storage
 from covid_pipeline.ingest import normalised_uri
 
 log = logging.getLogger(__name__)
@@ -44,13 +49,13 @@ class DatasetInfo:
 
     @property
     def manifest_uri(self) -> str:
-        return storage.join(self.uri, "manifest.parquet")
+        return layout.dataset_manifest(self.uri)
 
     def tfrecord_uri(self, fold: int) -> str:
-        return storage.join(self.uri, "tfrecords", f"fold-{fold}.tfrecord")
+        return layout.fold_tfrecord(self.uri, fold)
 
     def images_uri(self, fold: int) -> str:
-        return storage.join(self.uri, "images", f"fold-{fold}.parquet")
+        return layout.fold_images(self.uri, fold)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,7 +91,7 @@ def load_dataset(dataset_uri: str, verify: bool = False) -> DatasetInfo:
                 f"{dataset_uri}: {', '.join(bad)} missing or damaged (sha256 differs from "
                 f"dataset.json); run `covid-pipeline ingest` again to rebuild it"
             )
-    meta = storage.read_json(storage.join(dataset_uri, "dataset.json"))
+    meta = storage.read_json(layout.dataset_meta(dataset_uri))
     return DatasetInfo(meta["version"], dataset_uri, meta["n_folds"], meta["image_size"],
                        meta["counts"]["final"])
 
@@ -97,14 +102,14 @@ def verify_dataset(dataset_uri: str) -> list[str]:
     ``dataset.json`` itself is listed when it is missing or unreadable. Reads each file once.
     """
     try:
-        meta = storage.read_json(storage.join(dataset_uri, "dataset.json"))
+        meta = storage.read_json(layout.dataset_meta(dataset_uri))
         files = dict(meta["files"])
     except (FileNotFoundError, storage.StorageError, ValueError, KeyError, TypeError):
         return ["dataset.json"]
     bad = []
     for rel, digest in sorted(files.items()):
         try:
-            data = storage.read_bytes(storage.join(dataset_uri, rel))
+            data = storage.read_bytes(layout.dataset_file(dataset_uri, rel))
         except (FileNotFoundError, storage.StorageError):
             bad.append(rel)
             continue
@@ -144,12 +149,12 @@ def write_dataset(
     after the fact) is rebuilt, not reused; ``dataset.json`` is always written last.
     """
     version = dataset_version(manifest, settings)
-    root = storage.join(out, "datasets", version)
+    root = layout.dataset(out, version)
     n_folds = int(manifest["fold"].max()) + 1
     size = int(settings["image_size"])
     final = {str(k): int(v) for k, v in manifest.groupby("label_name").size().items()}
     info = DatasetInfo(version, root, n_folds, size, final)
-    meta_uri = storage.join(root, "dataset.json")
+    meta_uri = layout.dataset_meta(root)
     if storage.exists(meta_uri):
         bad = verify_dataset(root)
         if not bad:
@@ -166,7 +171,7 @@ def write_dataset(
 
     manifest = manifest.sort_values("image_id").reset_index(drop=True)
     put(info.manifest_uri, parquet_bytes(manifest))
-    put(storage.join(root, "quarantine.parquet"), parquet_bytes(quarantine))
+    put(layout.dataset_quarantine(root), parquet_bytes(quarantine))
     for k in range(n_folds):
         part = manifest[manifest["fold"] == k]
         pngs = [storage.read_bytes(normalised_uri(out, s, size)) for s in part["sha256"]]
@@ -201,8 +206,6 @@ def write_dataset(
 
 def _tfrecord_bytes(records: list[bytes]) -> bytes:
     """Frame records as a TFRecord file (length, masked CRC32C, data, masked CRC32C)."""
-    import tempfile
-
     import tensorflow as tf
 
     with tempfile.TemporaryDirectory(prefix="covid-tfrecord-") as tmp:
@@ -232,3 +235,40 @@ def tfrecord_dataset(path: str):  # -> tf.data.Dataset
         return ex
 
     return tf.data.TFRecordDataset(path).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+@dataclass
+class Split:
+    """The images of some folds, in memory: uint8 [N, S, S, 1] (None if unneeded), keys."""
+
+    images: np.ndarray | None
+    labels: np.ndarray
+    image_ids: list[str]
+    shas: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def load_split(info: DatasetInfo, folds: list[int]) -> Split:
+    """Read the TFRecord shards of ``folds`` (staged locally if remote), in image_id order.
+
+    image_id order is the one row order of every training path (the cached path reads the
+    manifest sorted by image_id): :func:`batch_schedule` permutes row indices, so two paths
+    train on the same batches only if their rows come in the same order. Shard by shard
+    is not that order from three folds on.
+    """
+    images, labels, ids, shas = [], [], [], []
+    for k in folds:
+        path = storage.stage_local(info.tfrecord_uri(k), storage.local_cache_dir(info.version))
+        for ex in tfrecord_dataset(path).as_numpy_iterator():
+            images.append(ex["image"])
+            labels.append(int(ex["label"]))
+            ids.append(ex["image_id"].decode())
+            shas.append(ex["sha256"].decode())
+    if not images:
+        return Split(np.zeros((0, info.image_size, info.image_size, 1), np.uint8),
+                     np.zeros(0, np.int64), [], [])
+    order = sorted(range(len(ids)), key=ids.__getitem__)
+    return Split(np.stack([images[i] for i in order]), np.array(labels, np.int64)[order],
+                 [ids[i] for i in order], [shas[i] for i in order])

@@ -18,9 +18,9 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
+from covid_pipeline.errors import StorageError
 
-class StorageError(RuntimeError):
-    """A read or write failed; the message names the URI and what to do."""
+__all__ = ["StorageError"]  # re-exported: callers catch storage.StorageError
 
 
 def is_local(uri: str) -> bool:

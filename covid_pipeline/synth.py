@@ -4,6 +4,8 @@ The images are not clinical: a chest-like grey field with two darker "lungs"; CO
 images carry diffuse bright patches inside the lungs, which a small model can learn. The
 files exercise the real decoders: grey and RGB PNG, 16-bit PNG, JPEG, and DICOM (8-bit
 MONOCHROME2, uncompressed and JPEG-baseline, one MONOCHROME1).
+
+pydicom is imported inside the DICOM writer (only the RSNA half needs it).
 """
 
 from __future__ import annotations

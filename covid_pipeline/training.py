@@ -1,210 +1,149 @@
-"""Training and evaluation of one (model, fold): frozen backbone + the study's head.
+"""Training and evaluation of one (model, fold): frozen backbone + the study's head, in the
+mode the config names (:data:`TRAINERS`).
 
 Returns plain values (metrics, timing, the URI of the per-image predictions), never a Keras
 object. A finished fold's result file is reused: an interrupted run redoes only what is
 missing.
+
+Keras is imported inside the function that needs it (seconds to import).
 """
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from covid_pipeline import storage, zoo
+from covid_pipeline import backbones, layout, storage, zoo
+from covid_pipeline.augment import view_angles
 from covid_pipeline.config import BenchmarkConfig
+from covid_pipeline.features import (
+    FeatureSource,
+    epoch_view,
+    feature_function,
+    feature_source,
+    needed_views,
+    read_features,
+    resize_all,
+    run_backbone,
+)
+from covid_pipeline.head import train_head
 from covid_pipeline.metrics import fold_metrics
-from covid_pipeline.shards import DatasetInfo, load_dataset, parquet_bytes, tfrecord_dataset
+from covid_pipeline.shards import (
+    DatasetInfo,
+    Split,
+    load_dataset,
+    load_split,
+    parquet_bytes,
+    read_parquet,
+)
+from covid_pipeline.tfsetup import configure_tensorflow
+from covid_pipeline.weights import backbone_weights, weights_digest
 
 log = logging.getLogger(__name__)
 
 RESULT_FORMAT = 2  # 2: keyed by feature precision and weights digest
-
-
-@dataclass
-class Split:
-    """The images of some folds, in memory: uint8 [N, S, S, 1] (None if unneeded), keys."""
-
-    images: np.ndarray | None
-    labels: np.ndarray
-    image_ids: list[str]
-    shas: list[str]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-def configure_tensorflow() -> None:
-    """Deterministic ops; one GPU per worker (dask-cuda lists its own GPU first), growth on.
-
-    Without growth a worker keeps all its GPU memory for life; without the visibility
-    limit TensorFlow would open a context on every GPU of the machine in every worker.
-    """
-    import tensorflow as tf
-
-    # Deterministic kernels: the same data, seed and preset give the same leaderboard on
-    # any number of workers (training amplifies the tiniest kernel-order difference).
-    tf.config.experimental.enable_op_determinism()
-    gpus = tf.config.list_physical_devices("GPU")
-    with contextlib.suppress(RuntimeError):  # already initialised in this process
-        if gpus:
-            tf.config.set_visible_devices(gpus[:1], "GPU")
-            tf.config.experimental.set_memory_growth(gpus[0], True)
+ONLINE_PRECISION = "float32"  # train_online runs the backbone in float32 on every device
 
 
 def results_root(out: str, version: str, cfg: BenchmarkConfig) -> str:
-    return storage.join(out, "results", version, cfg.config_hash())
+    return layout.results(out, version, cfg.config_hash())
+
+
+def write_resolved_config(out: str, version: str, cfg: BenchmarkConfig) -> str:
+    """``results/<version>/<hash>/config.yaml``: how the results beside it were made (a
+    valid ``--config`` file). Rewritten by each run; unhashed fields (models, mode) are the
+    latest run's."""
+    return storage.write_text(layout.resolved_config(results_root(out, version, cfg)),
+                              cfg.to_yaml())
 
 
 def fold_result_uri(out: str, version: str, cfg: BenchmarkConfig, model: str, fold: int) -> str:
-    return storage.join(results_root(out, version, cfg), model, f"fold-{fold}.json")
+    return layout.fold_result(results_root(out, version, cfg), model, fold)
 
 
-def load_split(info: DatasetInfo, folds: list[int]) -> Split:
-    """Read the TFRecord shards of ``folds`` (staged locally if remote), in image_id order.
+def train_cached(info: DatasetInfo, model: str, fold: int, cfg: BenchmarkConfig,
+                 source: FeatureSource):
+    """Train the head on the features under ``source`` (the extraction's, which may have run
+    on another kind of worker): epoch e on view ``epoch_view(e)``, test on view 0.
 
-    image_id order is the one row order of every training path (the cached path reads the
-    manifest sorted by image_id): :func:`batch_schedule` permutes row indices, so two paths
-    train on the same batches only if their rows come in the same order. Shard by shard
-    is not that order from three folds on.
-    """
-    images, labels, ids, shas = [], [], [], []
-    for k in folds:
-        path = storage.stage_local(info.tfrecord_uri(k), storage.local_cache_dir(info.version))
-        for ex in tfrecord_dataset(path).as_numpy_iterator():
-            images.append(ex["image"])
-            labels.append(int(ex["label"]))
-            ids.append(ex["image_id"].decode())
-            shas.append(ex["sha256"].decode())
-    if not images:
-        return Split(np.zeros((0, info.image_size, info.image_size, 1), np.uint8),
-                     np.zeros(0, np.int64), [], [])
-    order = sorted(range(len(ids)), key=ids.__getitem__)
-    return Split(np.stack([images[i] for i in order]), np.array(labels, np.int64)[order],
-                 [ids[i] for i in order], [shas[i] for i in order])
+    Rows come in image_id order, as in :func:`train_online` (the same batches)."""
+    manifest = read_parquet(info.manifest_uri).sort_values("image_id")
+    shas = sorted(set(manifest["sha256"].astype(str)))
+    views = needed_views(cfg)
+    feats = {sha: arr for sha, arr in read_features(source.root, shas).items()
+             if arr.shape[0] > views}
+    if len(feats) < len(shas):
+        raise RuntimeError(f"{len(shas) - len(feats)} of {len(shas)} images have no readable "
+                           f"cached features for {model} under {source.root}; run the "
+                           "feature-extraction task first (an unreadable file is logged with "
+                           "its URI: delete it)")
 
+    def split(mask) -> tuple[Split, np.ndarray]:
+        part = manifest[mask]
+        shas = part["sha256"].astype(str).tolist()
+        return (Split(None, part["label"].to_numpy(np.int64), part["image_id"].astype(str)
+                      .tolist(), shas), np.stack([feats[s] for s in shas]).astype(np.float32))
 
-def build_head(cfg: BenchmarkConfig):
-    """Dense(units, ReLU) → Dropout → Dense(2, softmax), every random part seeded."""
-    import keras
-
-    seed = cfg.seed
-    return keras.Sequential(
-        [
-            keras.layers.Dense(cfg.head_units, activation="relu", name="head_dense",
-                               kernel_initializer=keras.initializers.GlorotUniform(seed=seed)),
-            keras.layers.Dropout(cfg.dropout, seed=seed + 1, name="head_dropout"),
-            keras.layers.Dense(2, activation="softmax", name="head_out",
-                               kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 2)),
-        ],
-        name="head",
-    )
+    train, x_train = split(manifest["fold"] != fold)
+    test, x_test = split(manifest["fold"] == fold)
+    columns = np.array([epoch_view(cfg, e) for e in range(cfg.epochs)], np.int64)
+    prob, train_s, predict_s = train_head(cfg, fold, x_train, train.labels, columns,
+                                          x_test[:, 0])
+    return test, prob, {"train_seconds": train_s, "predict_seconds": predict_s,
+                        "backbone_passes": 0}
 
 
-_HEADS: dict[tuple, tuple] = {}
-HEAD_STEPS_PER_CALL = 32  # head steps per compiled call: the head is tiny, calls are not
+def train_online(info: DatasetInfo, model: str, fold: int, cfg: BenchmarkConfig):
+    """The study's procedure: every epoch of the fold sends its rotated training images
+    through the frozen backbone (epoch e: view ``e + 1``'s angles), nothing is kept.
 
-
-def fresh_head_model(cfg: BenchmarkConfig, width: int):
-    """A compiled head on ``width`` features, in its seeded initial state.
-
-    Reused within a process (weights, Adam state and Dropout seed reset to their initial
-    values), so Keras traces its train function once per worker, not once per fold.
+    The backbone is frozen and in inference mode, so its output does not depend on the
+    head's training: each epoch's features are computed first (float32, full batches),
+    then the head trains on them batch by batch exactly as on the whole model. They are
+    held in memory: train images x epochs x width floats (~0.3 GB at the paper's scale).
     """
     import keras
 
-    key = (width, cfg.head_units, cfg.dropout, cfg.seed, cfg.learning_rate, cfg.optimizer)
-    if key not in _HEADS:
-        inputs = keras.Input((width,))
-        net = keras.Model(inputs, build_head(cfg)(inputs))
-        compile_model(net, cfg, steps_per_execution=HEAD_STEPS_PER_CALL)
-        seeds = [layer.seed_generator for layer in net.layers[-1].layers
-                 if getattr(layer, "seed_generator", None) is not None]
-        _HEADS[key] = (net, net.get_weights(), [(g, g.state.numpy()) for g in seeds])
-        return net
-    net, weights, seeds = _HEADS[key]
-    net.set_weights(weights)
-    for generator, state in seeds:
-        generator.state.assign(state)
-    for var in net.optimizer.variables:
-        if not var.path.endswith("learning_rate"):
-            var.assign(np.zeros(var.shape, var.dtype))
-    return net
+    spec = zoo.get(model)
+    size = cfg.input_size or spec.input_size
+    train = load_split(info, [k for k in range(info.n_folds) if k != fold])
+    test = load_split(info, [fold])
+    t0 = time.perf_counter()
+    n, epochs, bs = len(train), cfg.epochs, cfg.extract_batch_size
+    keras.utils.set_random_seed(cfg.seed)
+    try:
+        backbone = backbones.build_backbone(spec, backbone_weights(spec, cfg),
+                                            input_size=size, seed=cfg.seed)
+        forward = feature_function(backbone, backbones.preprocess_fn(spec))
+        rows = np.tile(np.arange(n), epochs)
+        angles = np.concatenate([view_angles(cfg.seed, train.shas, e + 1,
+                                             cfg.rotation_degrees)
+                                 for e in range(epochs)]) if n else np.zeros(0, np.float32)
+        x_train = run_backbone(forward, resize_all(train.images, size, bs), rows, angles, bs)
+        x_test = run_backbone(forward, resize_all(test.images, size, bs),
+                              np.arange(len(test)), np.zeros(len(test), np.float32), bs)
+    finally:
+        keras.backend.clear_session()  # the backbone; the cached head stays usable
+    x_train = x_train.reshape(epochs, n, -1).transpose(1, 0, 2)
+    backbone_s = time.perf_counter() - t0
+    prob, train_s, predict_s = train_head(cfg, fold, x_train, train.labels,
+                                          np.arange(epochs), x_test)
+    return test, prob, {"train_seconds": backbone_s + train_s, "predict_seconds": predict_s,
+                        "backbone_passes": n * epochs + len(test)}
 
 
-OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "nadam": "Nadam", "rmsprop": "RMSprop",
-              "sgd": "SGD"}
-
-
-def compile_model(model, cfg: BenchmarkConfig, steps_per_execution: int = 1) -> None:
-    """The study's loss with ``cfg.optimizer`` (Adam, learning rate 0.002, in ``paper``)."""
-    import keras
-
-    optimizer = getattr(keras.optimizers, OPTIMIZERS[cfg.optimizer])(
-        learning_rate=cfg.learning_rate)
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
-                  jit_compile=False, steps_per_execution=steps_per_execution)
-
-
-def epoch_order(cfg: BenchmarkConfig, fold: int, epoch: int, n: int) -> np.ndarray:
-    """The seeded batch order of an epoch (the same in every training path)."""
-    return np.random.default_rng([cfg.seed, fold, epoch]).permutation(n)
-
-
-def class_weights(cfg: BenchmarkConfig, labels: np.ndarray) -> dict[int, float] | None:
-    if cfg.balance != "class-weight" or len(labels) == 0:
-        return None
-    counts = np.bincount(labels, minlength=2)
-    return {k: float(len(labels) / (2 * max(counts[k], 1))) for k in (0, 1)}
-
-
-def batch_schedule(cfg: BenchmarkConfig, fold: int, n: int
-                   ) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """Every training batch of every epoch, in order: ``(rows, epochs, bounds)``.
-
-    Batch b holds training rows ``rows[bounds[b]:bounds[b + 1]]`` (epoch e's seeded order,
-    cut into ``batch_size`` pieces) of epoch ``epochs[bounds[b]]``. The online and cached
-    paths both train on exactly these batches.
-    """
-    rows, epochs, bounds = [], [], [0]
-    for epoch in range(cfg.epochs):
-        order = epoch_order(cfg, fold, epoch, n)
-        for start in range(0, n, cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            rows.append(idx)
-            epochs.append(np.full(len(idx), epoch))
-            bounds.append(bounds[-1] + len(idx))
-    if not rows:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), [0]
-    return np.concatenate(rows), np.concatenate(epochs), bounds
-
-
-def scheduled_batches(bounds: list[int], batch):
-    """tf.data of ``batch(start, end)`` for each scheduled batch, prefetched.
-
-    Batches of every size go through one traced train step (the batch dimension is left
-    unknown), where ``train_on_batch`` would trace once per distinct batch size.
-    """
-    import tensorflow as tf
-
-    starts = tf.constant(bounds[:-1], dtype=tf.int64)
-    ends = tf.constant(bounds[1:], dtype=tf.int64)
-    return (tf.data.Dataset.from_tensor_slices((starts, ends)).map(batch)
-            .prefetch(tf.data.AUTOTUNE))
-
-
-def fit_schedule(net, batches, n_batches: int,
-                 weights: dict[int, float] | None) -> None:
-    """One ``fit`` over the scheduled batches: the same updates, in the same order, as
-    ``train_on_batch`` per batch, without its per-call overhead."""
-    if n_batches:
-        net.fit(batches, epochs=1, steps_per_epoch=n_batches, class_weight=weights,
-                verbose=0, shuffle=False)
+# How each mode trains one fold: (info, model, fold, cfg, source) -> (test split, COVID-19
+# probabilities, timing). ``source`` is the feature root (cached) or None (online).
+TRAINERS: dict[str, Callable[..., tuple[Split, np.ndarray, dict[str, Any]]]] = {
+    "cached": lambda info, model, fold, cfg, source: train_cached(info, model, fold, cfg, source),
+    "online": lambda info, model, fold, cfg, source: train_online(info, model, fold, cfg),
+}
 
 
 def fold_key(version: str, cfg: BenchmarkConfig, model: str, fold: int, precision: str,
@@ -224,16 +163,8 @@ def train_fold(dataset_uri: str, model_name: str, fold: int, cfg: BenchmarkConfi
     ``features`` (cached mode) is what the extraction task returned: which feature root to
     read, in which precision and from which weights. Without it, this worker's own.
     """
-    from covid_pipeline.features import (
-        ONLINE_PRECISION,
-        FeatureSource,
-        feature_source,
-        train_cached,
-        train_online,
-    )
-    from covid_pipeline.weights import weights_digest
-
     info = load_dataset(dataset_uri)
+    source = None
     if cfg.mode == "cached":
         source = (FeatureSource.from_dict(features) if features else
                   feature_source(out, model_name, cfg, info.image_size))
@@ -251,12 +182,9 @@ def train_fold(dataset_uri: str, model_name: str, fold: int, cfg: BenchmarkConfi
                  ", ".join(k for k, v in key.items() if record.get(k) != v))
     configure_tensorflow()
     started = time.time()
-    if cfg.mode == "cached":
-        test, prob, timing = train_cached(info, model_name, fold, cfg, source)
-    else:
-        test, prob, timing = train_online(info, model_name, fold, cfg)
-    pred_uri = storage.join(results_root(out, info.version, cfg), model_name,
-                            f"fold-{fold}.predictions.parquet")
+    test, prob, timing = TRAINERS[cfg.mode](info, model_name, fold, cfg,
+                                            source if cfg.mode == "cached" else None)
+    pred_uri = layout.fold_predictions(results_root(out, info.version, cfg), model_name, fold)
     storage.write_bytes(pred_uri, parquet_bytes(pd.DataFrame({
         "image_id": test.image_ids, "sha256": test.shas, "label": test.labels,
         "prob_covid": prob.astype(np.float64), "fold": fold, "model": model_name,
@@ -277,6 +205,4 @@ def train_fold(dataset_uri: str, model_name: str, fold: int, cfg: BenchmarkConfi
 
 
 def _ids_digest(ids: list[str]) -> str:
-    import hashlib
-
     return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]

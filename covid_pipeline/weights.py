@@ -12,11 +12,13 @@ import hashlib
 import json
 import os
 import socket
+from collections.abc import Iterable
 from pathlib import Path
 
 from covid_pipeline import storage, zoo
 from covid_pipeline.config import BenchmarkConfig
-from covid_pipeline.errors import ManifestError
+from covid_pipeline.errors import ConfigError
+from covid_pipeline.zoo import ModelSpec
 
 WEIGHTS_HOST = "storage.googleapis.com"
 
@@ -30,7 +32,7 @@ def folder_of(weights: str) -> str | None:
 
 
 def backbone_weights(spec: zoo.ModelSpec, cfg: BenchmarkConfig) -> str | None:
-    """The ``weights`` argument for :func:`zoo.build_backbone` for one model."""
+    """The ``weights`` argument of :func:`covid_pipeline.backbones.build_backbone`."""
     if uses_random(cfg.weights):
         return None
     folder = folder_of(cfg.weights)
@@ -49,9 +51,9 @@ def weights_file(spec: zoo.ModelSpec, cfg: BenchmarkConfig) -> Path | None:
         return None
     if weights != "imagenet":
         return Path(weights).expanduser()
-    path = zoo.keras_models_dir() / zoo.weights_ref(spec, cfg.input_size)[0]
+    path = keras_models_dir() / zoo.weights_ref(spec, cfg.input_size)[0]
     if not path.is_file():
-        path = zoo.download_weights([spec.name], None, cfg.input_size)[spec.name]
+        path = download_weights([spec.name], None, cfg.input_size)[spec.name]
     return path
 
 
@@ -71,7 +73,7 @@ def weights_digest(spec: zoo.ModelSpec, cfg: BenchmarkConfig) -> str:
     try:
         stat = path.stat()
     except OSError as exc:
-        raise ManifestError(f"{path}: cannot read the weights file ({exc.strerror}); "
+        raise ConfigError(f"{path}: cannot read the weights file ({exc.strerror}); "
                             "check --weights") from None
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key in _DIGESTS:
@@ -117,10 +119,10 @@ def missing(cfg: BenchmarkConfig) -> dict[str, str]:
         return {}
     folder = folder_of(cfg.weights)
     if cfg.weights.lower() != "imagenet" and folder is None and not os.path.isfile(cfg.weights):
-        raise ManifestError(f"--weights {cfg.weights!r}: not imagenet, none, or an existing folder")
+        raise ConfigError(f"--weights {cfg.weights!r}: not imagenet, none, or an existing folder")
     if os.path.isfile(cfg.weights):
         return {}
-    status = zoo.weights_status(cfg.models, folder, cfg.input_size)
+    status = weights_status(cfg.models, folder, cfg.input_size)
     return {m: zoo.weights_ref(zoo.get(m), cfg.input_size)[0] for m, p in status.items()
             if p is None}
 
@@ -136,10 +138,10 @@ def preflight(cfg: BenchmarkConfig, online: bool | None = None) -> None:
     if online is None:
         online = network_reachable()
     if cfg.weights.lower() == "imagenet" and online:
-        zoo.download_weights(list(absent), None, cfg.input_size)
+        download_weights(list(absent), None, cfg.input_size)
         return
-    where = folder_of(cfg.weights) or str(zoo.keras_models_dir())
-    raise ManifestError(
+    where = folder_of(cfg.weights) or str(keras_models_dir())
+    raise ConfigError(
         f"ImageNet weights missing from {where} and {WEIGHTS_HOST} is unreachable: "
         f"{', '.join(sorted(set(absent.values())))}; on a connected machine run "
         f"`covid-pipeline weights download --models {','.join(sorted(absent))}` and copy "
@@ -150,12 +152,81 @@ def preflight(cfg: BenchmarkConfig, online: bool | None = None) -> None:
 def report(names: list[str], folder: str | None = None, input_size: int | None = None
            ) -> list[str]:
     """Print each model's weights status; return the names of the missing ones."""
-    status = zoo.weights_status(names, folder, input_size)
+    status = weights_status(names, folder, input_size)
     for name, path in status.items():
         print(f"{name:<20} {path if path else 'MISSING ' + zoo.weights_ref(zoo.get(name))[0]}")
     return [n for n, p in status.items() if p is None]
 
 
 def download(names: list[str], folder: str | None = None) -> None:
-    for name, path in zoo.download_weights(names, folder).items():
+    for name, path in download_weights(names, folder).items():
         print(f"{name:<20} {path}")
+
+
+def keras_models_dir() -> Path:
+    """Where Keras caches application weights: ``$KERAS_HOME/models`` or ``~/.keras/models``.
+
+    Mirrors Keras' own fallback to ``/tmp/.keras`` when the home folder is not writable.
+    """
+    home = os.environ.get("KERAS_HOME")
+    if not home:
+        base = os.path.expanduser("~")
+        home = os.path.join(base if os.access(base, os.W_OK) else "/tmp", ".keras")
+    home = os.path.expanduser(home)
+    if os.path.exists(home) and not os.access(home, os.W_OK):
+        home = "/tmp/.keras"
+    return Path(home) / "models"
+
+
+def _specs(names: Iterable[str] | str) -> list[ModelSpec]:
+    if isinstance(names, str):
+        names = [n for n in names.split(",") if n.strip()]
+    return [zoo.get(n) for n in names]
+
+
+def weights_status(
+    names: Iterable[str] | str,
+    cache_dir: str | os.PathLike[str] | None = None,
+    input_size: int | None = None,
+) -> dict[str, Path | None]:
+    """For each model, the path of its cached notop weights file, or None if absent.
+
+    ``cache_dir`` is the folder holding the files (default: :func:`keras_models_dir`).
+    """
+    folder = Path(cache_dir).expanduser() if cache_dir else keras_models_dir()
+    status: dict[str, Path | None] = {}
+    for spec in _specs(names):
+        path = folder / zoo.weights_ref(spec, input_size)[0]
+        status[spec.name] = path if path.is_file() and path.stat().st_size > 0 else None
+    return status
+
+
+def download_weights(
+    names: Iterable[str] | str,
+    cache_dir: str | os.PathLike[str] | None = None,
+    input_size: int | None = None,
+) -> dict[str, Path]:
+    """Fetch each model's notop ImageNet weights into the cache (hash-checked where known).
+
+    Files already present (and matching their hash) are not downloaded again.
+    """
+    # Keras loads TensorFlow (seconds): only a download needs it.
+    from keras.utils import get_file
+
+    folder = Path(cache_dir).expanduser().resolve() if cache_dir else None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    for spec in _specs(names):
+        file, url, file_hash = zoo.weights_ref(spec, input_size)
+        try:
+            path = get_file(
+                file,
+                url,
+                cache_subdir=str(folder) if folder is not None else "models",
+                file_hash=file_hash,
+            )
+        except Exception as exc:  # Keras raises a bare Exception for network errors
+            raise RuntimeError(f"could not fetch {spec.name} weights from {url}: {exc}") from exc
+        paths[spec.name] = Path(path)
+    return paths

@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from covid_pipeline.config import resolve_config
+from covid_pipeline.sources import parse_source
+from flows.credentials import check_block_name
+
 PROJECT = Path(__file__).resolve().parents[1]
 EVENT = "covid.dataset.updated"
 
@@ -38,13 +42,15 @@ class DeploymentSpec:
 def table(sources: list[str], out: str, preset: str, cluster: str, weights: str | None,
           cron: str, watch_seconds: int, config_file: str | None = None,
           credentials_block: str | None = None) -> list[DeploymentSpec]:
-    """The deployments: the scheduled/triggered benchmark and the data-set watcher."""
+    """The deployments: the scheduled/triggered benchmark and the data-set watcher.
+
+    The benchmark's ``config`` parameter is the resolved, validated config (``preset`` or
+    ``config_file`` as its base, ``weights`` over it): the UI's run form shows its fields.
+    """
     access = {"credentials_block": credentials_block} if credentials_block else {}
-    bench = {"sources": sources, "out": out, "preset": preset, "cluster": cluster, **access}
-    if weights:
-        bench["weights_source"] = weights
-    if config_file:
-        bench["config_file"] = config_file
+    cfg = resolve_config(preset, config_file=config_file, weights=weights)
+    bench = {"sources": sources, "out": out, "config": cfg.as_dict(), "cluster": cluster,
+             **access}
     return [
         DeploymentSpec(
             name="covid-benchmark",
@@ -133,15 +139,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="object-storage credentials from a Prefect Secret block: secret/NAME")
     args = p.parse_args(argv)
 
-    from covid_pipeline.config import resolve_config
-    from covid_pipeline.sources import parse_source
-
-    resolve_config(args.preset, config_file=args.config, weights=args.weights)
     for s in args.source:
         parse_source(s)
     if args.credentials_block:
-        from flows.credentials import check_block_name
-
         check_block_name(args.credentials_block)
     specs = table(args.source, args.out, args.preset, args.cluster, args.weights, args.cron,
                   args.watch_seconds, args.config, args.credentials_block)

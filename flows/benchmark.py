@@ -16,16 +16,17 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
 from covid_pipeline import cluster as clusters
 from covid_pipeline import weights, zoo
-from covid_pipeline.config import BenchmarkConfig, resolve_config
-from covid_pipeline.dataset import DataSettings
+from covid_pipeline.config import KEYS, BenchmarkConfig, load_preset, resolve_config
+from covid_pipeline.errors import ConfigError
 from covid_pipeline.features import needed_views
 from covid_pipeline.leaderboard import LeaderboardContext
 from covid_pipeline.sources import parse_source
-from covid_pipeline.training import results_root
+from covid_pipeline.training import results_root, write_resolved_config
 from flows import credentials
 from tasks.data import balance_and_folds, ingest_sources, write_shards
 from tasks.features import extract_features_task
@@ -124,51 +125,66 @@ def log_makespan(logger, extraction: list[dict], records: list[dict], wall: floa
                 wall, bound, len(tasks), workers)
 
 
+PAPER = load_preset("paper")
+# The parameters of covid-benchmark before `config` (deployments made then still pass them).
+LEGACY_NAMES = {"weights_source": "weights", "preset": None, "config_file": None}
+
+
+def legacy_config(params: dict[str, Any]) -> BenchmarkConfig:
+    """The config an older deployment's loose parameters (``preset``, ``config_file``,
+    ``weights_source``, ``folds``, ...) describe; one line naming anything else."""
+    overrides = {LEGACY_NAMES.get(k) or k: v for k, v in params.items() if k not in
+                 ("preset", "config_file")}
+    unknown = sorted(k for k in overrides if k not in KEYS)
+    if unknown:
+        raise ConfigError(f"covid-benchmark got unknown parameter(s) {', '.join(unknown)}; "
+                          "pass the settings in `config` (re-create the deployment with "
+                          "`python -m deployments.deploy`)")
+    return resolve_config(params.get("preset") or "paper", params.get("config_file"),
+                          **overrides)
+
+
 @flow(name="covid-benchmark", log_prints=True)
 def covid_benchmark(
     sources: list[str],
     out: str,
-    preset: str = "paper",
-    config_file: str | None = None,
-    models: list[str] | None = None,
-    folds: int | None = None,
-    epochs: int | None = None,
-    weights_source: str | None = None,
-    balance: str | None = None,
-    group_by: str | None = None,
-    seed: int | None = None,
-    mode: str | None = None,
-    views: int | None = None,
-    image_size: int | None = None,
-    input_size: int | None = None,
+    config: BenchmarkConfig = PAPER,
     cluster: str = "local",
     workers: int | None = None,
-    source_options: dict[str, dict] | None = None,
     triggered_by: str | None = None,
     credentials_block: str | None = None,
+    **legacy_parameters: Any,
 ) -> dict[str, Any]:
     """Run the benchmark on ``sources`` and write the leaderboard under ``out``.
 
-    ``triggered_by`` is the id of the event that started this run, if any;
-    ``credentials_block`` names a Prefect block with object-storage credentials
-    (``secret/<name>``, see flows/credentials.py).
+    Args:
+        sources: data sets as KIND=URI (ieee8023, rsna or folder; local paths or s3://).
+        out: output folder or s3:// URI (datasets, features, results, leaderboards).
+        config: the whole benchmark configuration (default: the paper preset); the
+            data-path settings are its `data`.
+        cluster: local, cuda, threads, or a Dask scheduler address (tcp://host:8786).
+        workers: worker processes of a local cluster (default: one per core, at most one
+            per task).
+        triggered_by: the id of the event that started this run, if any.
+        credentials_block: a Prefect block with object-storage credentials, secret/NAME.
+        legacy_parameters: only for deployments made before `config` existed (preset,
+            config_file, weights_source, folds, ...): turned into `config`. Leave empty.
     """
     logger = get_run_logger()
     if triggered_by:
         logger.info("triggered by event %s", triggered_by)
-    cfg = resolve_config(preset=preset, config_file=config_file, models=models, folds=folds,
-                         epochs=epochs, weights=weights_source, balance=balance,
-                         group_by=group_by, seed=seed, mode=mode, views=views,
-                         image_size=image_size, input_size=input_size)
+    cfg = legacy_config(legacy_parameters) if legacy_parameters else config
+    if legacy_parameters:
+        logger.warning("this deployment passes the loose parameters of an older covid-benchmark "
+                       "(%s); they were turned into `config`: re-create it with "
+                       "`python -m deployments.deploy`", ", ".join(sorted(legacy_parameters)))
     logger.info("config %s (%s): models %s; %d folds, %d epochs, mode %s, weights %s",
                 cfg.config_hash(), cfg.name, ", ".join(cfg.models), cfg.folds, cfg.epochs,
                 cfg.mode, cfg.weights)
     specs = [parse_source(s) for s in sources]  # validate before any work
-    settings = DataSettings(balance=cfg.balance, folds=cfg.folds, group_by=cfg.group_by,
-                            seed=cfg.seed, image_size=cfg.image_size,
-                            source_options=source_options or {})
-    settings.validate()
+    settings = cfg.data
     spec = clusters.resolve(cluster, len(cfg.models) * cfg.folds, workers)
+    n_workers, n_gpus = clusters.size(spec)  # an existing cluster is checked before any work
     weights.preflight(cfg)
     if credentials_block:  # before the local cluster starts: its workers inherit them
         names = credentials.apply_block(credentials_block)
@@ -182,8 +198,9 @@ def covid_benchmark(
     dataset = shards["dataset"]
     logger.info("dataset %s: %s", dataset["version"], dataset["counts"])
 
-    n_workers, n_gpus = clusters.size(spec)
-    runner = DaskTaskRunner(**spec.runner_kwargs())
+    write_resolved_config(out, dataset["version"], cfg)
+    runner = (ThreadPoolTaskRunner(max_workers=1) if spec.threads
+              else DaskTaskRunner(**spec.runner_kwargs()))
     n_images = sum(dataset["counts"].values())
     trained = train_models.with_options(task_runner=runner)(
         dataset["uri"], cfg.as_dict(), out, n_images, n_workers, n_gpus > 0

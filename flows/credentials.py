@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 
-from covid_pipeline.errors import ManifestError
+from covid_pipeline.errors import ConfigError
 
 ENV = {
     "aws_access_key_id": "AWS_ACCESS_KEY_ID",
@@ -34,7 +34,7 @@ def check_block_name(ref: str) -> tuple[str, str]:
     """``"secret/minio"`` → ``("secret", "minio")``; a one-line error for anything else."""
     kind, _, name = ref.partition("/")
     if kind not in KINDS or not name:
-        raise ManifestError(f"credentials block {ref!r} is not secret/<block name>; "
+        raise ConfigError(f"credentials block {ref!r} is not secret/<block name>; "
                             "e.g. --credentials-block secret/minio-credentials")
     return kind, name
 
@@ -47,15 +47,15 @@ def block_values(ref: str) -> dict[str, str]:
     try:
         data = Block.load(ref).get()
     except (ValueError, KeyError) as exc:
-        raise ManifestError(f"credentials block {ref!r} could not be loaded ({type(exc).__name__})"
+        raise ConfigError(f"credentials block {ref!r} could not be loaded ({type(exc).__name__})"
                             f"; create it in the Prefect UI or with Secret(...).save") from None
     if not isinstance(data, dict):
-        raise ManifestError(f"Secret block {name!r} must hold a JSON object with "
+        raise ConfigError(f"Secret block {name!r} must hold a JSON object with "
                             "aws_access_key_id and aws_secret_access_key")
     values = {key: str(data[key]) for key in ENV if data.get(key)}
     missing = {"aws_access_key_id", "aws_secret_access_key"} - set(values)
     if missing:
-        raise ManifestError(f"credentials block {ref!r} lacks {', '.join(sorted(missing))}")
+        raise ConfigError(f"credentials block {ref!r} lacks {', '.join(sorted(missing))}")
     return values
 
 

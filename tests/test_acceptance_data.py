@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from covid_pipeline.cli import main
 from covid_pipeline.dataset import DataSettings, prepare
 from covid_pipeline.shards import read_parquet
 from covid_pipeline.sources import SourceSpec
+from flows.cli import main
 
 
 def test_real_samples_counts_balance_and_leak_free_folds(shared_data, tmp_path):

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from covid_pipeline.balance import balance
-from covid_pipeline.errors import ManifestError
+from covid_pipeline.errors import DataError
 from covid_pipeline.folds import assign_folds
 from covid_pipeline.manifest import LABEL_NAMES
 
@@ -49,7 +49,7 @@ def test_none_and_class_weight_keep_everything():
 
 def test_one_class_only_is_a_clear_error():
     df = manifest()
-    with pytest.raises(ManifestError, match="no normal images"):
+    with pytest.raises(DataError, match="no normal images"):
         balance(df[df.label == 1])
 
 
@@ -80,5 +80,5 @@ def test_folds_are_deterministic():
 
 def test_fewer_patients_than_folds_fails_clearly():
     df = manifest(n_pos_patients=3, per_patient=4)
-    with pytest.raises(ManifestError, match="COVID-19 has 3 patients, fewer than --folds 5"):
+    with pytest.raises(DataError, match="COVID-19 has 3 patients, fewer than --folds 5"):
         assign_folds(df, 5, "patient")

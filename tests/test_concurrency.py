@@ -69,7 +69,7 @@ def overlap(windows: list[tuple[float, float]]) -> float:
 def test_two_ingests_at_once_on_the_same_out(tmp_path):
     data = make_synthetic(str(tmp_path / "data"), covid_patients=4, normals=8, size=96, seed=5)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "covid_pipeline.cli", "ingest",
+    cmd = [sys.executable, "-m", "flows.cli", "ingest",
            "--source", f"ieee8023={data.ieee8023}", "--source", f"rsna={data.rsna}",
            "--folds", "2", "--image-size", "64", "--out", str(out)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -170,7 +170,7 @@ def test_two_benchmark_runs_at_once_share_features_and_results(prefect_api, synt
     config.write_text("preset: smoke\nmode: cached\nfolds: 3\nepochs: 2\ninput_size: 48\n"
                       "batch_size: 8\n")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "covid_pipeline.cli", "run", "--config", str(config),
+    cmd = [sys.executable, "-m", "flows.cli", "run", "--config", str(config),
            "--models", "ResNet50", "--weights", "none", "--workers", "1", "--out", str(out),
            "--source", f"ieee8023={synth_root / 'ieee8023'}",
            "--source", f"rsna={synth_root / 'rsna'}"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import tomllib
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pytest
 
 from covid_pipeline import config, zoo
 from covid_pipeline.config import BenchmarkConfig, load_config, load_preset, with_overrides
-from covid_pipeline.errors import ManifestError
+from covid_pipeline.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +35,7 @@ def test_paper_image_folds_differs_only_in_grouping() -> None:
     paper, image = load_preset("paper"), load_preset("Paper-Image-Folds")
     assert image.group_by == "none"
     assert image.name == "paper-image-folds"
-    assert dataclasses.replace(image, group_by="patient", name="paper") == paper
+    assert with_overrides(image, group_by="patient", name="paper") == paper
     assert image.config_hash() != paper.config_hash()
 
 
@@ -56,7 +55,7 @@ def test_every_preset_loads() -> None:
 
 
 def test_unknown_preset_lists_known_ones() -> None:
-    with pytest.raises(ManifestError, match="unknown preset 'papr'.*paper, paper-image-folds"):
+    with pytest.raises(ConfigError, match="unknown preset 'papr'.*paper, paper-image-folds"):
         load_preset("papr")
 
 
@@ -80,7 +79,7 @@ def test_overrides() -> None:
 
 
 def test_override_unknown_key() -> None:
-    with pytest.raises(ManifestError, match="unknown key 'epoch' \\(did you mean 'epochs'\\?\\)"):
+    with pytest.raises(ConfigError, match="unknown key 'epoch' \\(did you mean 'epochs'\\?\\)"):
         with_overrides(load_preset("smoke"), epoch=3)
 
 
@@ -111,14 +110,14 @@ def test_override_unknown_key() -> None:
     ],
 )
 def test_validation_errors(change: dict, match: str) -> None:
-    with pytest.raises(ManifestError, match=match) as err:
+    with pytest.raises(ConfigError, match=match) as err:
         with_overrides(load_preset("smoke"), **change)
     assert "\n" not in str(err.value)
 
 
 def test_validate_on_a_direct_instance() -> None:
     assert BenchmarkConfig(models=("mobilenet",)).models == ("MobileNet",)
-    with pytest.raises(ManifestError, match="folds must be at least 2"):
+    with pytest.raises(ConfigError, match="folds must be at least 2"):
         BenchmarkConfig(folds=1).validate()
 
 
@@ -167,13 +166,13 @@ def test_resolve_config(tmp_path) -> None:
     ],
 )
 def test_load_config_errors(tmp_path, text: str, match: str) -> None:
-    with pytest.raises(ManifestError, match=match) as err:
+    with pytest.raises(ConfigError, match=match) as err:
         load_config(_write(tmp_path, text))
     assert "\n" not in str(err.value)
 
 
 def test_load_config_missing_file(tmp_path) -> None:
-    with pytest.raises(ManifestError, match="not found"):
+    with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
 
 
@@ -205,3 +204,23 @@ def test_as_dict_round_trips() -> None:
     assert BenchmarkConfig.from_dict(data) == cfg
     assert set(data) == set(config.FIELD_NAMES)
     assert BenchmarkConfig(**data) == cfg
+
+
+def test_a_new_setting_declared_unless_default_keeps_existing_hashes() -> None:
+    """Adding a field (here to a subclass) that enters the hash only when set keeps every
+    stored result's hash; setting it changes the hash."""
+    import pydantic
+
+    from covid_pipeline.config import setting
+
+    extended = pydantic.create_model(
+        "Extended", __base__=BenchmarkConfig,
+        label_smoothing=(float, setting(0.0, hashed="unless-default", help="smoothing")))
+    paper = load_preset("paper")
+    same = extended(**paper.flat_dict())
+    assert same.config_hash() == paper.config_hash() == "634a88bd811f"
+    assert extended(**paper.flat_dict(), label_smoothing=0.1).config_hash() != "634a88bd811f"
+    hashed_always = pydantic.create_model(
+        "Always", __base__=BenchmarkConfig,
+        label_smoothing=(float, setting(0.0, help="smoothing")))
+    assert hashed_always(**paper.flat_dict()).config_hash() != "634a88bd811f"

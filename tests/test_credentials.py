@@ -6,18 +6,18 @@ import os
 
 import pytest
 
-from covid_pipeline.errors import ManifestError
+from covid_pipeline.errors import ConfigError
 from flows import credentials
 
 
 @pytest.mark.parametrize("ref", ["minio", "secret/", "aws/minio", "/minio"])
 def test_bad_block_names_get_one_line_errors(ref):
-    with pytest.raises(ManifestError, match="secret/<block name>"):
+    with pytest.raises(ConfigError, match="secret/<block name>"):
         credentials.check_block_name(ref)
 
 
 def test_cli_checks_the_block_name_before_any_work(tmp_path, capsys):
-    from covid_pipeline.cli import main
+    from flows.cli import main
 
     rc = main(["run", "--source", f"folder={tmp_path}", "--out", str(tmp_path / "o"),
                "--credentials-block", "minio"])
@@ -47,12 +47,12 @@ def test_incomplete_or_missing_blocks_are_named_without_their_values(prefect_api
         monkeypatch.delenv(name, raising=False)
     Secret(value={"aws_secret_access_key": "s3cr3t-only"}).save("creds-half", overwrite=True)
     Secret(value="just-a-string").save("creds-text", overwrite=True)
-    with pytest.raises(ManifestError, match="lacks aws_access_key_id") as half:
+    with pytest.raises(ConfigError, match="lacks aws_access_key_id") as half:
         credentials.apply_block("secret/creds-half")
     assert "s3cr3t-only" not in str(half.value)
-    with pytest.raises(ManifestError, match="JSON object") as text:
+    with pytest.raises(ConfigError, match="JSON object") as text:
         credentials.apply_block("secret/creds-text")
     assert "just-a-string" not in str(text.value)
-    with pytest.raises(ManifestError, match="could not be loaded"):
+    with pytest.raises(ConfigError, match="could not be loaded"):
         credentials.apply_block("secret/no-such-block")
     assert "AWS_SECRET_ACCESS_KEY" not in os.environ

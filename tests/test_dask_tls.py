@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from daskutil import ROOT, dask_processes
 
-pytestmark = [pytest.mark.slow, pytest.mark.flow]
+pytestmark = [pytest.mark.slow, pytest.mark.flow, pytest.mark.cluster]
 ROLES = ("scheduler", "worker", "client")
 
 
@@ -132,7 +132,7 @@ def test_flow_runs_on_a_tls_cluster_that_refuses_clients_without_a_certificate(
            "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "true"}
     out = tmp_path / "out"
     run = subprocess.run(
-        [sys.executable, "-m", "covid_pipeline.cli", "run", "--preset", "smoke",
+        [sys.executable, "-m", "flows.cli", "run", "--preset", "smoke",
          "--models", "VGG16", "--folds", "2", "--epochs", "1", "--input-size", "32",
          "--weights", "none", "--cluster", address, "--out", str(out),
          "--source", f"ieee8023={synth_root / 'ieee8023'}",

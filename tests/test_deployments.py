@@ -14,7 +14,7 @@ from netutil import stop
 
 from deployments.deploy import table
 
-pytestmark = [pytest.mark.slow, pytest.mark.flow]
+pytestmark = [pytest.mark.slow, pytest.mark.flow, pytest.mark.server]
 
 
 def test_table_has_a_weekly_benchmark_with_a_trigger_and_a_watcher():

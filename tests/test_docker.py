@@ -296,8 +296,10 @@ def check_prefect(where: str, args: list[str]) -> None:
 
 def check_covid_pipeline(args: list[str]) -> set[str]:
     from covid_pipeline.cli import build_parser
+    from flows.cli import add_flow_commands
 
-    parser = build_parser()
+    parser, sub = build_parser()
+    add_flow_commands(sub)
     subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     positional = [a for a in args if not a.startswith("-")]
     if positional:

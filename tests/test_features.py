@@ -20,12 +20,11 @@ from covid_pipeline.features import (
     extract_features,
     needed_views,
     stored_views,
-    train_cached,
 )
 from covid_pipeline.shards import load_dataset
 from covid_pipeline.sources import SourceSpec
 from covid_pipeline.synth import make_synthetic
-from covid_pipeline.training import train_fold
+from covid_pipeline.training import train_cached, train_fold
 
 pytestmark = pytest.mark.slow
 
@@ -158,9 +157,9 @@ def test_heads_read_features_a_gpu_worker_extracted(tmp_path, monkeypatch):
 
 
 def save_random_weights(path, seed: int) -> None:
-    from covid_pipeline import zoo
+    from covid_pipeline import backbones, zoo
 
-    zoo.build_backbone(zoo.get("VGG16"), None, input_size=32, seed=seed).save_weights(path)
+    backbones.build_backbone(zoo.get("VGG16"), None, input_size=32, seed=seed).save_weights(path)
 
 
 def test_new_weights_bytes_or_precision_recompute_features_and_folds(tmp_path, monkeypatch):

@@ -8,18 +8,19 @@ import pytest
 from imagefiles import add_covid_images
 
 from covid_pipeline import storage
+from covid_pipeline.config import resolve_config
 from covid_pipeline.metrics import METRICS
 from covid_pipeline.shards import read_parquet
 
-pytestmark = [pytest.mark.slow, pytest.mark.flow]
+pytestmark = [pytest.mark.slow, pytest.mark.flow, pytest.mark.cluster]
 
 
 def run(sources: list[str], out, **kw):
     from flows.benchmark import covid_benchmark
 
-    params = dict(preset="smoke", weights_source="none", cluster="local", workers=2)
-    params.update(kw)
-    return covid_benchmark(sources=sources, out=str(out), **params)
+    runner = {"cluster": kw.pop("cluster", "local"), "workers": kw.pop("workers", 2)}
+    config = resolve_config("smoke", **{"weights": "none", **kw})
+    return covid_benchmark(sources=sources, out=str(out), config=config, **runner)
 
 
 def read_artifact(key: str):

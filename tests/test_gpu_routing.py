@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 from daskutil import ROOT, GraphProbe, dask_processes, seen
 
-pytestmark = [pytest.mark.slow, pytest.mark.flow]
+pytestmark = [pytest.mark.slow, pytest.mark.flow, pytest.mark.cluster]
 MODELS = ["VGG16", "ResNet50"]
 
 
@@ -38,7 +38,7 @@ def test_extraction_runs_only_on_the_gpu_worker_heaviest_first(scheduler, synth_
         client.get_task_stream()  # installs the scheduler's task-stream plugin
         out = tmp_path / "out"
         run = subprocess.run(
-            [sys.executable, "-m", "covid_pipeline.cli", "run", "--preset", "smoke",
+            [sys.executable, "-m", "flows.cli", "run", "--preset", "smoke",
              "--models", ",".join(MODELS), "--folds", "2", "--epochs", "1",
              "--input-size", "32", "--weights", "none", "--cluster", scheduler,
              "--out", str(out), "--source", f"ieee8023={synth_root / 'ieee8023'}",

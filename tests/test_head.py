@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from covid_pipeline.config import resolve_config
-from covid_pipeline.training import batch_schedule, build_head, compile_model, fresh_head_model
+from covid_pipeline.head import batch_schedule, build_head, compile_model, fresh_head_model
 
 
 def test_head_is_dense64_relu_dropout05_dense2_softmax_with_seeded_initialisers():

@@ -17,14 +17,14 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 
 from covid_pipeline.metrics import METRICS
 
-pytestmark = [pytest.mark.slow, pytest.mark.flow]
+pytestmark = [pytest.mark.slow, pytest.mark.flow, pytest.mark.cluster]
 MODELS = ["VGG16", "ResNet50"]
 METRIC_COLUMNS = ["model", "rank", "n_folds", "status"] + [
     f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
 
 
 def command(synth_root: Path, out: Path, config: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "covid_pipeline.cli", "run", "--config", str(config),
+    return [sys.executable, "-m", "flows.cli", "run", "--config", str(config),
             "--models", ",".join(MODELS), "--weights", "none", "--out", str(out),
             "--source", f"ieee8023={synth_root / 'ieee8023'}",
             "--source", f"rsna={synth_root / 'rsna'}", *extra]

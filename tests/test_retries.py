@@ -6,7 +6,7 @@ import errno
 
 import pytest
 
-from covid_pipeline.errors import ManifestError, is_transient
+from covid_pipeline.errors import ConfigError, is_transient
 from covid_pipeline.storage import StorageError
 
 
@@ -31,8 +31,8 @@ def chained(outer: BaseException, inner: BaseException) -> BaseException:
     (KilledWorker("task lost its worker 3 times"), True),
     (chained(StorageError("s3://b/x: cannot read"), ConnectionError("reset")), True),
     (ValueError("Input size must be at least 75x75; Received: input_shape=(64, 64, 3)"), False),
-    (ManifestError("folds must be at least 2, got 1"), False),
-    (chained(ManifestError("bad"), ConnectionError("reset")), False),
+    (ConfigError("folds must be at least 2, got 1"), False),
+    (chained(ConfigError("bad"), ConnectionError("reset")), False),
     (FileNotFoundError(errno.ENOENT, "gone"), False),
     (PermissionError(errno.EACCES, "denied"), False),
     (StorageError("/ro/x: cannot write (Read-only file system)"), False),

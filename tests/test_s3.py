@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 from netutil import free_port
 
-pytestmark = pytest.mark.slow
+from covid_pipeline.config import resolve_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.s3]
 BUCKET = "covid-test"
 
 
@@ -73,7 +75,7 @@ def run_logs(client, ids: list) -> list:
 
 
 def test_ingest_reads_and_writes_s3(s3, capsys):
-    from covid_pipeline.cli import main
+    from flows.cli import main
 
     assert main(["ingest", "--source", f"ieee8023=s3://{BUCKET}/data/ieee8023",
                  "--source", f"rsna=s3://{BUCKET}/data/rsna", "--folds", "2",
@@ -87,13 +89,16 @@ def test_ingest_reads_and_writes_s3(s3, capsys):
     assert s3.exists(f"{BUCKET}/out/datasets/{version}/tfrecords/fold-1.tfrecord")
 
 
+SMOKE_VGG16 = resolve_config("smoke", models=["VGG16"], folds=2, epochs=1, input_size=32,
+                             image_size=64, weights="none")
+
+
 def test_smoke_flow_with_sources_and_output_on_s3(s3, prefect_api):
     from flows.benchmark import covid_benchmark
 
     state = covid_benchmark(
         sources=[f"ieee8023=s3://{BUCKET}/data/ieee8023", f"rsna=s3://{BUCKET}/data/rsna"],
-        out=f"s3://{BUCKET}/bench", preset="smoke", models=["VGG16"], folds=2, epochs=1,
-        input_size=32, image_size=64, weights_source="none", cluster="local", workers=1,
+        out=f"s3://{BUCKET}/bench", config=SMOKE_VGG16, cluster="local", workers=1,
         return_state=True)
     result = state.result()
     board = pd.read_csv(io.BytesIO(s3.cat_file(f"{BUCKET}/bench/leaderboard.csv")))
@@ -126,7 +131,7 @@ def test_smoke_flow_with_sources_and_output_on_s3(s3, prefect_api):
 
 
 def test_errors_never_show_the_secret(s3, capsys):
-    from covid_pipeline.cli import main
+    from flows.cli import main
 
     rc = main(["ingest", "--source", "ieee8023=s3://no-such-bucket/data", "--folds", "2",
                "--out", f"s3://{BUCKET}/o2"])
@@ -153,8 +158,7 @@ def test_flow_takes_credentials_from_a_prefect_secret_block(s3, prefect_api, mon
     s3fs.S3FileSystem.clear_instance_cache()
     result = covid_benchmark(
         sources=[f"ieee8023=s3://{BUCKET}/data/ieee8023", f"rsna=s3://{BUCKET}/data/rsna"],
-        out=f"s3://{BUCKET}/from-block", preset="smoke", models=["VGG16"], folds=2, epochs=1,
-        input_size=32, image_size=64, weights_source="none", cluster="local", workers=1,
+        out=f"s3://{BUCKET}/from-block", config=SMOKE_VGG16, cluster="local", workers=1,
         credentials_block="secret/moto-s3")
     assert result["leaderboard"]["csv"].startswith(f"s3://{BUCKET}/from-block/")
     board = pd.read_csv(io.BytesIO(s3.cat_file(f"{BUCKET}/from-block/leaderboard.csv")))

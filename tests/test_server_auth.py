@@ -17,7 +17,7 @@ import pytest
 import yaml
 from conftest import running_prefect_server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.server]
 COMPOSE = Path(__file__).resolve().parents[1] / "docker" / "compose.yaml"
 PLANTED = "covid-admin:planted-Auth-7f3e9c"
 FLOW = """

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from imagefiles import grey, png_bytes
 
-from covid_pipeline.errors import ManifestError
+from covid_pipeline.errors import DataError
 from covid_pipeline.manifest import COVID, NORMAL
 from covid_pipeline.sources import folder, ieee8023, parse_source, rsna
 from covid_pipeline.synth import dicom_bytes
@@ -115,7 +115,7 @@ def test_bom_and_latin1_metadata_are_read(tmp_path):
 
 def test_missing_required_column_is_one_line_naming_file_and_columns(tmp_path):
     write_csv(tmp_path / "metadata.csv", ["patient", "finding", "filename"], [["1", "x", "a"]])
-    with pytest.raises(ManifestError) as err:
+    with pytest.raises(DataError) as err:
         ieee8023.scan(str(tmp_path), {})
     msg = str(err.value)
     assert "\n" not in msg
@@ -125,7 +125,7 @@ def test_missing_required_column_is_one_line_naming_file_and_columns(tmp_path):
 
 def test_empty_metadata_file_is_an_error(tmp_path):
     (tmp_path / "metadata.csv").write_bytes(b"")
-    with pytest.raises(ManifestError, match="empty"):
+    with pytest.raises(DataError, match="empty"):
         ieee8023.scan(str(tmp_path), {})
 
 
@@ -197,5 +197,5 @@ def test_folder_layout(tmp_path):
 
 @pytest.mark.parametrize("text", ["ieee8023", "nope=/x", "=/x", "rsna="])
 def test_bad_source_specs(text):
-    with pytest.raises(ManifestError):
+    with pytest.raises(DataError):
         parse_source(text)

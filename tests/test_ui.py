@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.flow]
+pytestmark = [pytest.mark.slow, pytest.mark.flow, pytest.mark.server, pytest.mark.browser]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -42,7 +42,7 @@ def test_flow_run_and_leaderboard_pages_show_every_model(prefect_server, synth_r
     config = tmp_path / "tiny.yaml"
     config.write_text("preset: smoke\nfolds: 2\nepochs: 1\ninput_size: 32\n")
     env = {**os.environ, "PREFECT_API_URL": prefect_server}
-    cmd = [sys.executable, "-m", "covid_pipeline.cli", "run", "--config", str(config),
+    cmd = [sys.executable, "-m", "flows.cli", "run", "--config", str(config),
            "--models", ",".join(models), "--weights", "none", "--out", str(tmp_path / "out"),
            "--source", f"ieee8023={synth_root / 'ieee8023'}",
            "--source", f"rsna={synth_root / 'rsna'}", "--workers", "1"]
@@ -68,3 +68,27 @@ def test_flow_run_and_leaderboard_pages_show_every_model(prefect_server, synth_r
         assert shot.exists() and shot.stat().st_size > 10_000, f"no screenshot of {url}"
         missing = [m for m in models if m not in dom]
         assert not missing, f"{name} page {url} does not show {missing}"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
+def test_deployment_run_form_shows_the_configs_fields(prefect_server, tmp_path):
+    """The custom-run form of the covid-benchmark deployment renders the config model's
+    validated fields (with their defaults), not 20 loose parameters."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from covid_pipeline.config import load_preset
+    from flows.benchmark import covid_benchmark
+
+    cfg = load_preset("smoke")
+    with temporary_settings({PREFECT_API_URL: prefect_server}):
+        deployment = covid_benchmark.to_deployment(
+            name="run-form", parameters={"sources": ["rsna=/data/rsna"], "out": "/tmp/o",
+                                         "config": cfg.as_dict()})
+        deployment_id = deployment.apply()
+    ui = prefect_server.removesuffix("/api")
+    shot = tmp_path / "run-form.png"
+    dom = render(f"{ui}/deployments/deployment/{deployment_id}/run", shot, tmp_path / "profile")
+    assert shot.exists() and shot.stat().st_size > 10_000
+    for title in ("Config", "Epochs", "Learning Rate", "Rotation Degrees", "Extract Batch Size",
+                  "Data", "Image Size", "Group By", "cluster", "sources"):
+        assert title in dom, f"the run form does not show {title!r}"

@@ -6,13 +6,13 @@ import pytest
 
 from covid_pipeline import weights, zoo
 from covid_pipeline.config import resolve_config
-from covid_pipeline.errors import ManifestError
+from covid_pipeline.errors import ConfigError
 
 
 def test_missing_weights_offline_is_one_message_listing_files(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     cfg = resolve_config("smoke")
-    with pytest.raises(ManifestError) as err:
+    with pytest.raises(ConfigError) as err:
         weights.preflight(cfg, online=False)
     msg = str(err.value)
     assert "\n" not in msg

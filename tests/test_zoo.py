@@ -10,8 +10,8 @@ import warnings
 import numpy as np
 import pytest
 
-from covid_pipeline import zoo
-from covid_pipeline.errors import ManifestError
+from covid_pipeline import backbones, weights, zoo
+from covid_pipeline.errors import ConfigError
 
 # Table I of the study: 26 distinct architectures and their input sizes.
 TABLE_I = {
@@ -60,7 +60,7 @@ def test_table_rows_are_consistent() -> None:
         assert spec.weights_url.startswith("https://storage.googleapis.com/")
         assert spec.weights_file.endswith(".h5") and "/" not in spec.weights_file
         assert zoo.feature_width(spec) == spec.features
-        assert (spec.preprocess is None) == (spec.name in SELF_NORMALISING), spec.name
+        assert (spec.preprocess == "none") == (spec.name in SELF_NORMALISING), spec.name
 
 
 def test_import_does_not_load_tensorflow() -> None:
@@ -80,12 +80,12 @@ def test_get_is_case_insensitive() -> None:
 
 
 def test_get_unknown_name_suggests_close_matches() -> None:
-    with pytest.raises(ManifestError) as err:
+    with pytest.raises(ConfigError) as err:
         zoo.get("resnet51")
     message = str(err.value)
     assert "\n" not in message
     assert "'resnet51'" in message and "ResNet50" in message
-    with pytest.raises(ManifestError, match="unknown model 'zzz' \\("):
+    with pytest.raises(ConfigError, match="unknown model 'zzz' \\("):
         zoo.get("zzz")
 
 
@@ -108,42 +108,64 @@ def test_weights_ref_follows_keras_size_variants() -> None:
 
 def test_weights_status(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "home"))
-    assert zoo.keras_models_dir() == tmp_path / "home" / "models"
+    assert weights.keras_models_dir() == tmp_path / "home" / "models"
     cache = tmp_path / "home" / "models"
     cache.mkdir(parents=True)
     (cache / zoo.get("VGG16").weights_file).write_bytes(b"x")
     (cache / zoo.get("VGG19").weights_file).write_bytes(b"")  # truncated download
-    status = zoo.weights_status(["vgg16", "VGG19", "ResNet50"])
+    status = weights.weights_status(["vgg16", "VGG19", "ResNet50"])
     assert status == {"VGG16": cache / zoo.get("VGG16").weights_file, "VGG19": None,
                       "ResNet50": None}
     other = tmp_path / "shared"
     other.mkdir()
     (other / zoo.get("ResNet50").weights_file).write_bytes(b"x")
-    assert zoo.weights_status("ResNet50,VGG16", cache_dir=other) == {
+    assert weights.weights_status("ResNet50,VGG16", cache_dir=other) == {
         "ResNet50": other / zoo.get("ResNet50").weights_file,
         "VGG16": None,
     }
-    with pytest.raises(ManifestError):
-        zoo.weights_status(["NoSuchNet"])
+    with pytest.raises(ConfigError):
+        weights.weights_status(["NoSuchNet"])
 
 
 def test_preprocess_identity_where_model_normalises() -> None:
     x = np.full((1, 8, 8, 3), 200.0, dtype=np.float32)
     for name in SELF_NORMALISING:
-        assert zoo.preprocess_fn(zoo.get(name))(x) is x
+        assert backbones.preprocess_fn(zoo.get(name))(x) is x
 
 
 def test_preprocess_applies_keras_function_without_mutating_input() -> None:
     x = np.full((1, 4, 4, 3), 255.0, dtype=np.float32)
-    out = zoo.preprocess_fn(zoo.get("MobileNetV2"))(x)
+    out = backbones.preprocess_fn(zoo.get("MobileNetV2"))(x)
     np.testing.assert_allclose(np.asarray(out), 1.0)
     assert float(x.max()) == 255.0
-    caffe = np.asarray(zoo.preprocess_fn(zoo.get("ResNet50"))(x))
+    caffe = np.asarray(backbones.preprocess_fn(zoo.get("ResNet50"))(x))
     np.testing.assert_allclose(caffe[0, 0, 0], [255 - 103.939, 255 - 116.779, 255 - 123.68],
                                rtol=1e-5)
-    torch = np.asarray(zoo.preprocess_fn(zoo.get("DenseNet121"))(x))
+    torch = np.asarray(backbones.preprocess_fn(zoo.get("DenseNet121"))(x))
     np.testing.assert_allclose(torch[0, 0, 0], (1 - np.array([0.485, 0.456, 0.406]))
                                / np.array([0.229, 0.224, 0.225]), rtol=1e-5)
+
+
+# The keras.applications module whose preprocess_input each family's table mode must equal.
+KERAS_PREPROCESS = {
+    "resnet": "resnet", "resnet_v2": "resnet_v2", "densenet": "densenet", "vgg": None,
+    "inception_v3": "inception_v3", "mobilenet": "mobilenet", "mobilenet_v2": "mobilenet_v2",
+    "xception": "xception", "inception_resnet_v2": "inception_resnet_v2", "nasnet": "nasnet",
+    "efficientnet": "efficientnet", "efficientnet_v2": "efficientnet_v2",
+    "convnext": "convnext", "mobilenet_v3": "mobilenet_v3",
+}
+
+
+def test_preprocess_mode_equals_each_models_own_keras_preprocess_input() -> None:
+    import importlib
+
+    x = np.random.default_rng(0).uniform(0, 255, (2, 6, 6, 3)).astype("float32")
+    for spec in zoo.all_models():
+        module = KERAS_PREPROCESS[spec.family] or spec.name.lower()  # vgg16 / vgg19
+        reference = importlib.import_module(f"keras.applications.{module}").preprocess_input
+        expected = np.asarray(reference(x.copy()))
+        np.testing.assert_allclose(np.asarray(backbones.preprocess_fn(spec)(x)), expected,
+                                   rtol=1e-6, atol=1e-5, err_msg=spec.name)
 
 
 def test_every_constructor_and_preprocess_resolves() -> None:
@@ -151,12 +173,12 @@ def test_every_constructor_and_preprocess_resolves() -> None:
 
     for spec in zoo.all_models():
         assert callable(getattr(keras.applications, spec.name))
-        assert callable(zoo.preprocess_fn(spec))
+        assert callable(backbones.preprocess_fn(spec))
 
 
 def test_build_backbone_rejects_missing_weights_file(tmp_path) -> None:
-    with pytest.raises(ManifestError, match="not found"):
-        zoo.build_backbone(zoo.get("MobileNet"), str(tmp_path / "nope.h5"))
+    with pytest.raises(ConfigError, match="not found"):
+        backbones.build_backbone(zoo.get("MobileNet"), str(tmp_path / "nope.h5"))
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # TF's __array__ on get_weights()
@@ -164,11 +186,11 @@ def test_build_backbone_loads_a_weights_file(tmp_path) -> None:
     import keras
 
     spec = zoo.get("MobileNet")
-    first = zoo.build_backbone(spec, "none", input_size=32)
+    first = backbones.build_backbone(spec, "none", input_size=32)
     path = tmp_path / "mobilenet.weights.h5"
     first.save_weights(path)
     keras.backend.clear_session()
-    second = zoo.build_backbone(spec, path, input_size=32)
+    second = backbones.build_backbone(spec, path, input_size=32)
     assert second.input_shape == (None, 32, 32, 3)
     for a, b in zip(first.get_weights(), second.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -190,7 +212,7 @@ def fresh_keras():
 @pytest.mark.parametrize("name", [s.name for s in zoo.all_models()])
 def test_build_every_model(name: str, fresh_keras) -> None:
     spec = zoo.get(name)
-    model = zoo.build_backbone(spec, weights=None)
+    model = backbones.build_backbone(spec, weights=None)
     size = spec.input_size
     assert model.input_shape == (None, size, size, 3)
     assert model.output_shape == (None, zoo.feature_width(spec))
@@ -198,7 +220,7 @@ def test_build_every_model(name: str, fresh_keras) -> None:
     # backbone, traced as in extract_features (autograph off).
     from covid_pipeline.features import feature_function
 
-    forward = feature_function(model, zoo.preprocess_fn(spec))
+    forward = feature_function(model, backbones.preprocess_fn(spec))
     grey = np.random.default_rng(0).uniform(0, 255, (2, size, size, 1)).astype("float32")
     feats = forward(grey, np.array([0.0, 0.5], np.float32)).numpy()
     assert feats.shape == (2, zoo.feature_width(spec)) and feats.dtype == np.float32
@@ -233,5 +255,5 @@ def test_weights_metadata_matches_keras(name: str, size: int | None, fresh_keras
     spec = zoo.get(name)
     with warnings.catch_warnings(), pytest.raises(_Requested) as got:
         warnings.simplefilter("ignore")  # MobileNet at 96 px warns that it loads 224 weights
-        zoo.build_backbone(spec, "imagenet", input_size=size)
+        backbones.build_backbone(spec, "imagenet", input_size=size)
     assert got.value.args == (*zoo.weights_ref(spec, size), "models")

@@ -9,7 +9,7 @@ import posixpath
 import pandas as pd
 
 from covid_pipeline import storage
-from covid_pipeline.errors import ManifestError
+from covid_pipeline.errors import DataError
 
 
 def read_csv(uri: str) -> pd.DataFrame:
@@ -17,11 +17,11 @@ def read_csv(uri: str) -> pd.DataFrame:
     try:
         raw = storage.read_bytes(uri)
     except FileNotFoundError as exc:
-        raise ManifestError(
+        raise DataError(
             f"{uri}: file not found; point --source at the data set's root"
         ) from exc
     if not raw.strip():
-        raise ManifestError(f"{uri}: the file is empty; restore the metadata CSV")
+        raise DataError(f"{uri}: the file is empty; restore the metadata CSV")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -29,7 +29,7 @@ def read_csv(uri: str) -> pd.DataFrame:
     try:
         df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise ManifestError(f"{uri}: not a readable CSV ({exc}); check the file") from exc
+        raise DataError(f"{uri}: not a readable CSV ({exc}); check the file") from exc
     return df
 
 
@@ -42,7 +42,7 @@ def require_columns(df: pd.DataFrame, uri: str, required: list[str]) -> None:
     missing = [c for c in required if c not in df.columns]
     if missing:
         found = ", ".join(str(c) for c in df.columns) or "none"
-        raise ManifestError(
+        raise DataError(
             f"{uri}: missing required column(s) {', '.join(missing)}; found: {found}"
         )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import posixpath
 
 from covid_pipeline import storage
-from covid_pipeline.errors import ManifestError
+from covid_pipeline.errors import DataError
 from covid_pipeline.manifest import COVID, NORMAL, Candidate, Rejected, SourceScan
 from covid_pipeline.sources.common import safe_child
 
@@ -27,7 +27,7 @@ def scan(root: str, options: dict) -> SourceScan:
     result = SourceScan(NAME)
     files = storage.list_files(root)
     if not files:
-        raise ManifestError(f"{root}: no files found; expected one sub-folder per class")
+        raise DataError(f"{root}: no files found; expected one sub-folder per class")
     prefix = root.rstrip("/") + "/"
     for uri in files:
         rel = uri[len(prefix) :] if uri.startswith(prefix) else posixpath.basename(uri)

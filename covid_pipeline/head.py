@@ -1,0 +1,171 @@
+"""The study's head on frozen-backbone features: the model, its seeded batch schedule, fit.
+
+Dense(64, ReLU) → Dropout(0.5) → Dense(2, softmax), Adam at 0.002 in the ``paper`` preset.
+Both training paths (``online``, ``cached``) train it through :func:`train_head` on the
+same batches: epoch e's seeded permutation of the rows, cut into ``batch_size`` pieces.
+Keras and TensorFlow are imported inside the functions (they cost seconds to import).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from covid_pipeline.config import BenchmarkConfig
+
+
+def build_head(cfg: BenchmarkConfig):
+    """Dense(units, ReLU) → Dropout → Dense(2, softmax), every random part seeded."""
+    import keras
+
+    seed = cfg.seed
+    return keras.Sequential(
+        [
+            keras.layers.Dense(cfg.head_units, activation="relu", name="head_dense",
+                               kernel_initializer=keras.initializers.GlorotUniform(seed=seed)),
+            keras.layers.Dropout(cfg.dropout, seed=seed + 1, name="head_dropout"),
+            keras.layers.Dense(2, activation="softmax", name="head_out",
+                               kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 2)),
+        ],
+        name="head",
+    )
+
+
+_HEADS: dict[tuple, tuple] = {}
+
+
+HEAD_STEPS_PER_CALL = 32  # head steps per compiled call: the head is tiny, calls are not
+
+
+def fresh_head_model(cfg: BenchmarkConfig, width: int):
+    """A compiled head on ``width`` features, in its seeded initial state.
+
+    Reused within a process (weights, Adam state and Dropout seed reset to their initial
+    values), so Keras traces its train function once per worker, not once per fold.
+    """
+    import keras
+
+    key = (width, cfg.head_units, cfg.dropout, cfg.seed, cfg.learning_rate, cfg.optimizer)
+    if key not in _HEADS:
+        inputs = keras.Input((width,))
+        net = keras.Model(inputs, build_head(cfg)(inputs))
+        compile_model(net, cfg, steps_per_execution=HEAD_STEPS_PER_CALL)
+        seeds = [layer.seed_generator for layer in net.layers[-1].layers
+                 if getattr(layer, "seed_generator", None) is not None]
+        _HEADS[key] = (net, net.get_weights(), [(g, g.state.numpy()) for g in seeds])
+        return net
+    net, weights, seeds = _HEADS[key]
+    net.set_weights(weights)
+    for generator, state in seeds:
+        generator.state.assign(state)
+    for var in net.optimizer.variables:
+        if not var.path.endswith("learning_rate"):
+            var.assign(np.zeros(var.shape, var.dtype))
+    return net
+
+
+OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "nadam": "Nadam", "rmsprop": "RMSprop",
+              "sgd": "SGD"}
+
+
+def compile_model(model, cfg: BenchmarkConfig, steps_per_execution: int = 1) -> None:
+    """The study's loss with ``cfg.optimizer`` (Adam, learning rate 0.002, in ``paper``)."""
+    import keras
+
+    optimizer = getattr(keras.optimizers, OPTIMIZERS[cfg.optimizer])(
+        learning_rate=cfg.learning_rate)
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
+                  jit_compile=False, steps_per_execution=steps_per_execution)
+
+
+def epoch_order(cfg: BenchmarkConfig, fold: int, epoch: int, n: int) -> np.ndarray:
+    """The seeded batch order of an epoch (the same in every training path)."""
+    return np.random.default_rng([cfg.seed, fold, epoch]).permutation(n)
+
+
+def class_weights(cfg: BenchmarkConfig, labels: np.ndarray) -> dict[int, float] | None:
+    if cfg.balance != "class-weight" or len(labels) == 0:
+        return None
+    counts = np.bincount(labels, minlength=2)
+    return {k: float(len(labels) / (2 * max(counts[k], 1))) for k in (0, 1)}
+
+
+def batch_schedule(cfg: BenchmarkConfig, fold: int, n: int
+                   ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Every training batch of every epoch, in order: ``(rows, epochs, bounds)``.
+
+    Batch b holds training rows ``rows[bounds[b]:bounds[b + 1]]`` (epoch e's seeded order,
+    cut into ``batch_size`` pieces) of epoch ``epochs[bounds[b]]``. The online and cached
+    paths both train on exactly these batches.
+    """
+    rows, epochs, bounds = [], [], [0]
+    for epoch in range(cfg.epochs):
+        order = epoch_order(cfg, fold, epoch, n)
+        for start in range(0, n, cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            rows.append(idx)
+            epochs.append(np.full(len(idx), epoch))
+            bounds.append(bounds[-1] + len(idx))
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), [0]
+    return np.concatenate(rows), np.concatenate(epochs), bounds
+
+
+def scheduled_batches(bounds: list[int], batch):
+    """tf.data of ``batch(start, end)`` for each scheduled batch, prefetched.
+
+    Batches of every size go through one traced train step (the batch dimension is left
+    unknown), where ``train_on_batch`` would trace once per distinct batch size.
+    """
+    import tensorflow as tf
+
+    starts = tf.constant(bounds[:-1], dtype=tf.int64)
+    ends = tf.constant(bounds[1:], dtype=tf.int64)
+    return (tf.data.Dataset.from_tensor_slices((starts, ends)).map(batch)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def fit_schedule(net, batches, n_batches: int,
+                 weights: dict[int, float] | None) -> None:
+    """One ``fit`` over the scheduled batches: the same updates, in the same order, as
+    ``train_on_batch`` per batch, without its per-call overhead."""
+    if n_batches:
+        net.fit(batches, epochs=1, steps_per_epoch=n_batches, class_weight=weights,
+                verbose=0, shuffle=False)
+
+def head_batches(cfg: BenchmarkConfig, fold: int, x: np.ndarray, labels: np.ndarray,
+                 columns: np.ndarray):
+    """tf.data of the training batches of every epoch, in order, and their count.
+
+    Epoch e trains on features ``x[:, columns[e]]`` (``x`` is [N, C, D]) in its seeded
+    batch order (:func:`covid_pipeline.training.batch_schedule`).
+    """
+    import tensorflow as tf
+
+    rows, epochs, bounds = batch_schedule(cfg, fold, len(labels))
+    feats = tf.constant(x)
+    ys = tf.constant(labels)
+    index = tf.constant(np.stack([rows, columns[epochs] if len(epochs) else epochs], axis=1))
+
+    def batch(start, end):
+        return tf.gather_nd(feats, index[start:end]), tf.gather(ys, index[start:end, 0])
+
+    return scheduled_batches(bounds, batch), len(bounds) - 1
+
+
+def train_head(cfg: BenchmarkConfig, fold: int, x_train: np.ndarray, labels: np.ndarray,
+               columns: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Train the study's head on features (epoch e on ``x_train[:, columns[e]]``); return
+    the test images' COVID-19 probabilities and the train / predict seconds."""
+    import keras
+
+    keras.utils.set_random_seed(cfg.seed)
+    net = fresh_head_model(cfg, x_train.shape[-1])
+    t0 = time.perf_counter()
+    batches, n_batches = head_batches(cfg, fold, x_train, labels, columns)
+    fit_schedule(net, batches, n_batches, class_weights(cfg, labels))
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    prob = np.asarray(net.predict_on_batch(x_test))[:, 1] if len(x_test) else np.zeros(0)
+    return prob, train_s, time.perf_counter() - t0

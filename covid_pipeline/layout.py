@@ -1,0 +1,110 @@
+"""Every path under the output URI (``--out``), in one place.
+
+::
+
+    <out>/
+      cache/png-<size>/<sha[:2]>/<sha256>.png      normalised images, by content
+      staging/<step>-<hash>/{manifest,quarantine}.parquet, report.json
+      datasets/<version>/                          one dataset version (see shards.py)
+        manifest.parquet, quarantine.parquet, dataset.json
+        images/fold-<k>.parquet, tfrecords/fold-<k>.tfrecord
+      features/<model>/<settings-hash>/<sha[:2]>/<sha256>.npy
+      results/<version>/<config-hash>/
+        config.yaml                                the resolved config that made them
+        leaderboard.{csv,md,png}
+        <model>/fold-<k>.json, <model>/fold-<k>.predictions.parquet
+      leaderboard.{csv,md,png}                     the latest run's, beside the folders
+      watch/<kind>-<key>.json                      the dataset watcher's fingerprints
+      synthetic-data/                              `covid-pipeline demo`'s data set
+
+Nothing else joins path segments under the output root.
+"""
+
+from __future__ import annotations
+
+from covid_pipeline.storage import join
+
+LEADERBOARD_FILES = ("csv", "md", "png")
+
+
+def normalised_image(out: str, sha256: str, size: int) -> str:
+    return join(out, "cache", f"png-{size}", sha256[:2], f"{sha256}.png")
+
+
+def staging(out: str, step: str, digest: str) -> str:
+    return join(out, "staging", f"{step}-{digest}")
+
+
+def staged_file(staged: str, name: str) -> str:
+    """``manifest.parquet``, ``quarantine.parquet`` or ``report.json`` of a staging folder."""
+    return join(staged, name)
+
+
+def dataset(out: str, version: str) -> str:
+    return join(out, "datasets", version)
+
+
+def dataset_file(dataset_uri: str, name: str) -> str:
+    """A file of a dataset version, by its name relative to the version's folder."""
+    return join(dataset_uri, name)
+
+
+def dataset_manifest(dataset_uri: str) -> str:
+    return join(dataset_uri, "manifest.parquet")
+
+
+def dataset_quarantine(dataset_uri: str) -> str:
+    return join(dataset_uri, "quarantine.parquet")
+
+
+def dataset_meta(dataset_uri: str) -> str:
+    return join(dataset_uri, "dataset.json")
+
+
+def fold_tfrecord(dataset_uri: str, fold: int) -> str:
+    return join(dataset_uri, "tfrecords", f"fold-{fold}.tfrecord")
+
+
+def fold_images(dataset_uri: str, fold: int) -> str:
+    return join(dataset_uri, "images", f"fold-{fold}.parquet")
+
+
+def features(out: str, model: str, settings_hash: str) -> str:
+    return join(out, "features", model, settings_hash)
+
+
+def feature_file(root: str, sha256: str) -> str:
+    return join(root, sha256[:2], f"{sha256}.npy")
+
+
+def feature_relpath(sha256: str) -> str:
+    """Where :func:`feature_file` puts a sha's file, relative to its feature root."""
+    return f"{sha256[:2]}/{sha256}.npy"
+
+
+def results(out: str, version: str, config_hash: str) -> str:
+    return join(out, "results", version, config_hash)
+
+
+def resolved_config(results_uri: str) -> str:
+    return join(results_uri, "config.yaml")
+
+
+def fold_result(results_uri: str, model: str, fold: int) -> str:
+    return join(results_uri, model, f"fold-{fold}.json")
+
+
+def fold_predictions(results_uri: str, model: str, fold: int) -> str:
+    return join(results_uri, model, f"fold-{fold}.predictions.parquet")
+
+
+def leaderboard(folder: str, ext: str) -> str:
+    return join(folder, f"leaderboard.{ext}")
+
+
+def watch_state(out: str, kind: str, key: str) -> str:
+    return join(out, "watch", f"{kind}-{key}.json")
+
+
+def synthetic_data(out: str) -> str:
+    return join(out, "synthetic-data")

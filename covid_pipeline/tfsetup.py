@@ -1,0 +1,47 @@
+"""TensorFlow's process-wide settings, made once per worker process.
+
+They (and the compiled-head cache of :mod:`covid_pipeline.head`) assume one task thread per
+worker process: :func:`covid_pipeline.cluster.check_one_thread_per_worker` enforces it.
+
+TensorFlow is imported inside the functions: importing this module must stay cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+PRECISIONS = ("float32", "mixed_float16")
+
+
+def configure_tensorflow() -> None:
+    """Deterministic ops; one GPU per worker (dask-cuda lists its own GPU first), growth on.
+
+    Without growth a worker keeps all its GPU memory for life; without the visibility
+    limit TensorFlow would open a context on every GPU of the machine in every worker.
+    """
+    import tensorflow as tf
+
+    # Deterministic kernels: the same data, seed and preset give the same leaderboard on
+    # any number of workers (training amplifies the tiniest kernel-order difference).
+    tf.config.experimental.enable_op_determinism()
+    gpus = tf.config.list_physical_devices("GPU")
+    with contextlib.suppress(RuntimeError):  # already initialised in this process
+        if gpus:
+            tf.config.set_visible_devices(gpus[:1], "GPU")
+            tf.config.experimental.set_memory_growth(gpus[0], True)
+
+def backbone_precision() -> str:
+    """``mixed_float16`` on GPUs (backbone only; head and loss stay float32), else float32.
+
+    ``COVID_PIPELINE_PRECISION=float32`` turns mixed precision off.
+    """
+    wanted = os.environ.get("COVID_PIPELINE_PRECISION", "auto")
+    if wanted in PRECISIONS:
+        return wanted
+    if wanted != "auto":
+        raise ValueError(f"COVID_PIPELINE_PRECISION={wanted!r}: use auto, "
+                         f"{' or '.join(PRECISIONS)}")
+    import tensorflow as tf
+
+    return "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"

@@ -1,0 +1,107 @@
+"""``covid-pipeline``: the library's commands plus ``run`` and ``demo``, which run the flow.
+
+The flow commands live here, beside the flows, so that the library never imports Prefect.
+Every setting is validated by the config model before Prefect is imported (``import
+prefect`` alone takes seconds): a bad value costs one line and exit 2, with no Prefect
+output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from covid_pipeline import cli, layout, storage
+from covid_pipeline.cluster import check as check_cluster
+from covid_pipeline.config import DATA_FIELDS, BenchmarkConfig, cli_fields, resolve_config
+from covid_pipeline.sources import parse_source
+from covid_pipeline.synth import make_synthetic
+from flows.credentials import check_block_name
+
+
+def add_run_options(p: argparse.ArgumentParser, out_default: str | None = None) -> None:
+    cli.add_data_options(p)
+    p.add_argument("--preset", default=None, help="a preset name (see `models --presets`)")
+    p.add_argument("--config", default=None, help="a YAML config file (keys as in presets)")
+    cli.add_config_options(p, [k for k in cli_fields() if k not in DATA_FIELDS])
+    p.add_argument("--cluster", default="local",
+                   help="local, cuda, or a Dask scheduler address (tcp://host:8786)")
+    p.add_argument("--workers", type=int, default=None, help="local cluster: worker processes")
+    p.add_argument("--out", required=out_default is None, default=out_default,
+                   help="output folder or s3:// URI")
+    p.add_argument("--credentials-block", default=None, metavar="secret/NAME",
+                   help="object-storage credentials from a Prefect block: secret/NAME "
+                        "(default: the environment)")
+
+
+def resolve_run(args: argparse.Namespace, sources: list[str], preset: str) -> BenchmarkConfig:
+    """Validate every parameter (cheaply, before Prefect starts); return the config."""
+    cfg = resolve_config(preset=preset, config_file=args.config, **cli.config_overrides(args))
+    for s in sources:
+        parse_source(s)
+    check_cluster(args.cluster)
+    if args.credentials_block:
+        check_block_name(args.credentials_block)
+    return cfg
+
+
+def run_benchmark(args: argparse.Namespace, sources: list[str], cfg: BenchmarkConfig) -> dict:
+    """Start Prefect (a temporary API unless one is configured) and run the flow."""
+    # Prefect is imported here, not at the top: it costs seconds and is not needed for
+    # --help or for a bad parameter.
+    from flows.benchmark import covid_benchmark
+    from flows.runtime import prefect_api
+
+    with prefect_api():
+        return covid_benchmark(sources=sources, out=args.out, config=cfg, cluster=args.cluster,
+                               workers=args.workers, credentials_block=args.credentials_block)
+
+
+def print_result(result: dict) -> None:
+    print(f"dataset version: {result['dataset_version']}  config: {result['config_hash']}")
+    print(f"fold results reused from earlier runs: {result['reused']}")
+    for model, why in result["failures"].items():
+        print(f"FAILED {model}: {why}")
+    print(storage.read_text(result["leaderboard"]["md"]))
+    print("leaderboard: " + ", ".join(result["leaderboard"].values()))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cli.require_sources(args)
+    cfg = resolve_run(args, args.source, args.preset or "paper")
+    result = run_benchmark(args, args.source, cfg)
+    print_result(result)
+    return 1 if result["failures"] else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    if args.weights is None:
+        args.weights = "none"
+        print("weights: none (random backbones; pass --weights imagenet to use cached ones)")
+    cfg = resolve_run(args, [], args.preset or "smoke")
+    data = make_synthetic(layout.synthetic_data(args.out), covid_patients=12,
+                          normals=24, size=192, seed=0)
+    print(f"synthetic data: {data.root} ({data.covid_images} COVID-19 images of "
+          f"{data.covid_patients} patients, {data.normal_images} normal DICOMs)")
+    result = run_benchmark(args, [f"ieee8023={data.ieee8023}", f"rsna={data.rsna}"], cfg)
+    print_result(result)
+    return 1 if result["failures"] else 0
+
+
+def add_flow_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run the benchmark flow (Prefect + Dask)")
+    add_run_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="synthetic data + the smoke preset, no network, no GPU")
+    add_run_options(p, out_default="covid-pipeline-demo")
+    p.set_defaults(func=cmd_demo)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.main(argv, extend=add_flow_commands)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
