@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from covid_pipeline.config import BALANCES
-from covid_pipeline.errors import DataError
+from covid_pipeline.errors import ConfigError, DataError
 from covid_pipeline.manifest import LABEL_NAMES
 
 STRATEGIES = BALANCES
@@ -44,7 +44,7 @@ def balance(df: pd.DataFrame, strategy: str = "undersample", seed: int = 42) -> 
 ]:
     """Return the balanced manifest (sorted by image_id) and what was kept and dropped."""
     if strategy not in STRATEGIES:
-        raise DataError(f"--balance {strategy!r}: use one of {', '.join(STRATEGIES)}")
+        raise ConfigError(f"--balance {strategy!r}: use one of {', '.join(STRATEGIES)}")
     check_two_classes(df)
     df = df.sort_values("image_id", kind="stable").reset_index(drop=True)
     before = _counts(df)

@@ -48,7 +48,7 @@ def add_config_options(p: argparse.ArgumentParser, keys: Iterable[str]) -> None:
             help_text += f"; one of {', '.join(choices)}"
         p.add_argument(flag_of(key), dest=key, default=None,
                        metavar="{" + ",".join(choices) + "}" if choices else key.upper(),
-                       help=f"{help_text} (default: {default})")
+                       help=f"{help_text} (default: the preset's, else {default})")
 
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
@@ -209,7 +209,3 @@ def main(argv: Sequence[str] | None = None,
     except KeyboardInterrupt:
         print("covid-pipeline: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -91,7 +92,7 @@ class _Frozen(BaseModel):
         try:
             super().__init__(**values)
         except ValidationError as exc:
-            raise ConfigError(describe(exc, type(self))) from None
+            raise ConfigError(describe(exc)) from None
 
 
 class DataSettings(_Frozen):
@@ -173,7 +174,11 @@ class BenchmarkConfig(_Frozen):
             return values
         values = dict(values)
         data = values.pop("data", None) or {}
-        data = data.as_dict() if isinstance(data, DataSettings) else dict(data)
+        if isinstance(data, DataSettings):
+            data = data.as_dict()
+        elif not isinstance(data, Mapping):
+            raise ValueError(f"data must be a mapping of data-path settings, got {data!r}")
+        data = dict(data)
         for key in DATA_FIELDS:
             if key in values:
                 data[key] = values.pop(key)
@@ -272,6 +277,10 @@ class BenchmarkConfig(_Frozen):
             if hashed is True or (hashed == "unless-default" and value != defaults[key]):
                 payload[key] = value
         payload["views"] = self.effective_views
+        # A weights file enters by its content (each fold result's weights_sha256), not by
+        # its path: moving a weights folder keeps the config and its results.
+        if self.weights not in (None, "imagenet"):
+            payload["weights"] = "file"
         payload["_schema"] = _HASH_SCHEMA
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -318,7 +327,7 @@ def choices_of(name: str) -> tuple[str, ...]:
     return typing.get_args(annotation) if typing.get_origin(annotation) is Literal else ()
 
 
-def describe(exc: ValidationError, model: type[BaseModel]) -> str:
+def describe(exc: ValidationError) -> str:
     """The first error of a ValidationError as one line that names the setting."""
     err = exc.errors(include_url=False)[0]
     loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
@@ -446,6 +455,8 @@ def load_config(path: str | Path, base: str | None = None) -> BenchmarkConfig:
         text = storage.read_text(uri)
     except FileNotFoundError:
         raise ConfigError(f"config file {uri} not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{uri}: not a text file; give a YAML config file") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

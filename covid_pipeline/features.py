@@ -139,7 +139,7 @@ def read_features(root: str, shas: list[str]) -> dict[str, np.ndarray]:
     def fetch(sha: str) -> bytes | None:
         try:
             return storage.read_bytes(feature_uri(root, sha))
-        except (FileNotFoundError, OSError):
+        except OSError:
             return None
 
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -156,8 +156,9 @@ def read_features(root: str, shas: list[str]) -> dict[str, np.ndarray]:
 
 
 def needed_views(cfg: BenchmarkConfig) -> int:
-    """Rotated views per image: ``views`` or, by default, one per epoch."""
-    return cfg.views or cfg.epochs
+    """Rotated views per image: ``views`` or, by default, one per epoch (never more views
+    than epochs: training would not use them)."""
+    return cfg.effective_views
 
 
 def epoch_view(cfg: BenchmarkConfig, epoch: int) -> int:

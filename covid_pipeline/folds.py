@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from covid_pipeline.config import GROUP_BYS
-from covid_pipeline.errors import DataError
+from covid_pipeline.config import GROUP_BYS, MIN_FOLDS
+from covid_pipeline.errors import ConfigError, DataError
 from covid_pipeline.manifest import LABEL_NAMES
 
 GROUPINGS = GROUP_BYS
@@ -16,9 +16,9 @@ def assign_folds(df: pd.DataFrame, n_folds: int = 5, group_by: str = "patient",
                  seed: int = 42) -> pd.DataFrame:
     """Return a copy of ``df`` with a ``fold`` column in ``0..n_folds-1``."""
     if group_by not in GROUPINGS:
-        raise DataError(f"--group-by {group_by!r}: use one of {', '.join(GROUPINGS)}")
-    if n_folds < 2:
-        raise DataError(f"--folds {n_folds}: need at least 2 folds")
+        raise ConfigError(f"--group-by {group_by!r}: use one of {', '.join(GROUPINGS)}")
+    if n_folds < MIN_FOLDS:
+        raise ConfigError(f"folds must be at least {MIN_FOLDS}, got {n_folds}")
     df = df.sort_values("image_id", kind="stable").reset_index(drop=True)
     check_enough_units(df, n_folds, group_by)
     labels = df["label"].to_numpy()

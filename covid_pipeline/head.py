@@ -139,7 +139,7 @@ def head_batches(cfg: BenchmarkConfig, fold: int, x: np.ndarray, labels: np.ndar
     """tf.data of the training batches of every epoch, in order, and their count.
 
     Epoch e trains on features ``x[:, columns[e]]`` (``x`` is [N, C, D]) in its seeded
-    batch order (:func:`covid_pipeline.training.batch_schedule`).
+    batch order (:func:`batch_schedule`).
     """
     import tensorflow as tf
 

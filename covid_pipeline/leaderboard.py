@@ -155,7 +155,7 @@ def write(df: pd.DataFrame, ctx: LeaderboardContext, folders: list[str]) -> dict
     png = to_png(df, ctx)
     uris: dict[str, str] = {}
     for folder in folders:
-        for ext, data in (("csv", csv), ("md", md), ("png", png)):
+        for ext, data in zip(layout.LEADERBOARD_FILES, (csv, md, png), strict=True):
             uri = storage.write_bytes(layout.leaderboard(folder, ext), data)
             uris.setdefault(ext, uri)
     return uris

@@ -91,7 +91,12 @@ def load_dataset(dataset_uri: str, verify: bool = False) -> DatasetInfo:
                 f"{dataset_uri}: {', '.join(bad)} missing or damaged (sha256 differs from "
                 f"dataset.json); run `covid-pipeline ingest` again to rebuild it"
             )
-    meta = storage.read_json(layout.dataset_meta(dataset_uri))
+    try:
+        meta = storage.read_json(layout.dataset_meta(dataset_uri))
+    except FileNotFoundError:
+        raise storage.StorageError(
+            f"{dataset_uri}: no dataset.json (not a complete dataset version); run "
+            "`covid-pipeline ingest` again to build it") from None
     return DatasetInfo(meta["version"], dataset_uri, meta["n_folds"], meta["image_size"],
                        meta["counts"]["final"])
 
@@ -254,13 +259,20 @@ def load_split(info: DatasetInfo, folds: list[int]) -> Split:
     """Read the TFRecord shards of ``folds`` (staged locally if remote), in image_id order.
 
     image_id order is the one row order of every training path (the cached path reads the
-    manifest sorted by image_id): :func:`batch_schedule` permutes row indices, so two paths
+    manifest sorted by image_id): :func:`covid_pipeline.head.batch_schedule` permutes row
+    indices, so two paths
     train on the same batches only if their rows come in the same order. Shard by shard
     is not that order from three folds on.
     """
     images, labels, ids, shas = [], [], [], []
     for k in folds:
-        path = storage.stage_local(info.tfrecord_uri(k), storage.local_cache_dir(info.version))
+        try:
+            path = storage.stage_local(info.tfrecord_uri(k),
+                                       storage.local_cache_dir(info.version))
+        except FileNotFoundError:
+            raise storage.StorageError(
+                f"{info.tfrecord_uri(k)}: missing from the dataset version; run "
+                "`covid-pipeline ingest` (or the same `run`) again to rebuild it") from None
         for ex in tfrecord_dataset(path).as_numpy_iterator():
             images.append(ex["image"])
             labels.append(int(ex["label"]))

@@ -18,9 +18,7 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
-from covid_pipeline.errors import StorageError
-
-__all__ = ["StorageError"]  # re-exported: callers catch storage.StorageError
+from covid_pipeline.errors import StorageError as StorageError  # callers catch it from here
 
 
 def is_local(uri: str) -> bool:
@@ -45,9 +43,17 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return url_to_fs(uri)
 
 
+def _unusable(uri: str, exc: OSError, action: str) -> StorageError:
+    return StorageError(f"{uri}: cannot {action} ({exc}); check the path, permissions and "
+                        "credentials")
+
+
 def exists(uri: str) -> bool:
     fs, path = filesystem(uri)
-    return bool(fs.exists(path))
+    try:
+        return bool(fs.exists(path))
+    except OSError as exc:  # e.g. S3's 403: a user's fix, not a bug
+        raise _unusable(uri, exc, "look up") from exc
 
 
 def read_bytes(uri: str) -> bytes:
@@ -115,12 +121,16 @@ def write_json(uri: str, obj: Any) -> str:
 def list_files(uri: str, recursive: bool = True) -> list[str]:
     """Files under a folder URI, as URIs of the same scheme, sorted."""
     fs, path = filesystem(uri)
-    if not fs.exists(path):
-        return []
-    if recursive:
-        names = fs.find(path)
-    else:
-        names = [info["name"] for info in fs.ls(path, detail=True) if info.get("type") == "file"]
+    try:
+        if not fs.exists(path):
+            return []
+        if recursive:
+            names = fs.find(path)
+        else:
+            names = [info["name"] for info in fs.ls(path, detail=True)
+                     if info.get("type") == "file"]
+    except OSError as exc:
+        raise _unusable(uri, exc, "list") from exc
     return sorted(_to_uri(uri, path, n) for n in names)
 
 
@@ -136,6 +146,8 @@ def file_sizes(uri: str) -> dict[str, int]:
         found = fs.find(path, detail=True)
     except FileNotFoundError:
         return {}
+    except OSError as exc:
+        raise _unusable(uri, exc, "list") from exc
     return {posixpath.relpath(name, path): int(info["size"]) for name, info in found.items()
             if info.get("type") == "file"}
 

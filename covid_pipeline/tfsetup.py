@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 
+from covid_pipeline.errors import ConfigError
+
 PRECISIONS = ("float32", "mixed_float16")
 
 
@@ -40,7 +42,7 @@ def backbone_precision() -> str:
     if wanted in PRECISIONS:
         return wanted
     if wanted != "auto":
-        raise ValueError(f"COVID_PIPELINE_PRECISION={wanted!r}: use auto, "
+        raise ConfigError(f"COVID_PIPELINE_PRECISION={wanted!r}: use auto, "
                          f"{' or '.join(PRECISIONS)}")
     import tensorflow as tf
 

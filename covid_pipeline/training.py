@@ -182,8 +182,7 @@ def train_fold(dataset_uri: str, model_name: str, fold: int, cfg: BenchmarkConfi
                  ", ".join(k for k, v in key.items() if record.get(k) != v))
     configure_tensorflow()
     started = time.time()
-    test, prob, timing = TRAINERS[cfg.mode](info, model_name, fold, cfg,
-                                            source if cfg.mode == "cached" else None)
+    test, prob, timing = TRAINERS[cfg.mode](info, model_name, fold, cfg, source)
     pred_uri = layout.fold_predictions(results_root(out, info.version, cfg), model_name, fold)
     storage.write_bytes(pred_uri, parquet_bytes(pd.DataFrame({
         "image_id": test.image_ids, "sha256": test.shas, "label": test.labels,

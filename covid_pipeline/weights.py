@@ -58,14 +58,15 @@ def weights_file(spec: zoo.ModelSpec, cfg: BenchmarkConfig) -> Path | None:
 
 
 RANDOM_WEIGHTS = "random"
-_DIGESTS: dict[tuple[str, int, int], str] = {}
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
 
 
 def weights_digest(spec: zoo.ModelSpec, cfg: BenchmarkConfig) -> str:
     """sha256 of the weights file's bytes (``random`` for a seeded random initialisation).
 
-    Computed once per file and remembered by (path, size, mtime) in this process and in
-    ``<cache>/weights-sha256.json``, so replacing a file at the same path gives a new digest.
+    Computed once per file and remembered by (path, size, mtime, ctime, inode) in this
+    process and in ``<cache>/weights-sha256.json``, so replacing a file at the same path
+    gives a new digest.
     """
     path = weights_file(spec, cfg)
     if path is None:
@@ -75,7 +76,10 @@ def weights_digest(spec: zoo.ModelSpec, cfg: BenchmarkConfig) -> str:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the weights file ({exc.strerror}); "
                             "check --weights") from None
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    # ctime and inode change whenever the bytes are replaced, even by `cp -p` or rsync -a,
+    # which keep the size and mtime
+    stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+    key = (str(path.resolve()), *stamp)
     if key in _DIGESTS:
         return _DIGESTS[key]
     index_path = storage.local_cache_dir("weights-sha256.json")
@@ -84,13 +88,13 @@ def weights_digest(spec: zoo.ModelSpec, cfg: BenchmarkConfig) -> str:
             index = json.load(fh)
     except (OSError, ValueError):
         index = {}
-    entry = index.get(key[0]) if isinstance(index, dict) else None
-    if isinstance(entry, dict) and [entry.get("size"), entry.get("mtime_ns")] == list(key[1:]):
+    index = index if isinstance(index, dict) else {}
+    entry = index.get(key[0])
+    if isinstance(entry, dict) and entry.get("stamp") == stamp:
         digest = str(entry["sha256"])
     else:
         digest = _file_sha256(path)
-        index = index if isinstance(index, dict) else {}
-        index[key[0]] = {"size": key[1], "mtime_ns": key[2], "sha256": digest}
+        index[key[0]] = {"stamp": stamp, "sha256": digest}
         with contextlib.suppress(storage.StorageError):  # a read-only cache only costs time
             storage.write_json(index_path, index)
     _DIGESTS[key] = digest

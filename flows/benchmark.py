@@ -21,8 +21,7 @@ from prefect_dask import DaskTaskRunner
 
 from covid_pipeline import cluster as clusters
 from covid_pipeline import weights, zoo
-from covid_pipeline.config import KEYS, BenchmarkConfig, load_preset, resolve_config
-from covid_pipeline.errors import ConfigError
+from covid_pipeline.config import BenchmarkConfig, load_preset, resolve_config, with_overrides
 from covid_pipeline.features import needed_views
 from covid_pipeline.leaderboard import LeaderboardContext
 from covid_pipeline.sources import parse_source
@@ -126,22 +125,13 @@ def log_makespan(logger, extraction: list[dict], records: list[dict], wall: floa
 
 
 PAPER = load_preset("paper")
-# The parameters of covid-benchmark before `config` (deployments made then still pass them).
-LEGACY_NAMES = {"weights_source": "weights", "preset": None, "config_file": None}
-
-
-def legacy_config(params: dict[str, Any]) -> BenchmarkConfig:
-    """The config an older deployment's loose parameters (``preset``, ``config_file``,
-    ``weights_source``, ``folds``, ...) describe; one line naming anything else."""
-    overrides = {LEGACY_NAMES.get(k) or k: v for k, v in params.items() if k not in
-                 ("preset", "config_file")}
-    unknown = sorted(k for k in overrides if k not in KEYS)
-    if unknown:
-        raise ConfigError(f"covid-benchmark got unknown parameter(s) {', '.join(unknown)}; "
-                          "pass the settings in `config` (re-create the deployment with "
-                          "`python -m deployments.deploy`)")
-    return resolve_config(params.get("preset") or "paper", params.get("config_file"),
-                          **overrides)
+def legacy_config(config: BenchmarkConfig, preset: str | None, config_file: str | None,
+                  weights_source: str | None) -> BenchmarkConfig:
+    """The config of a deployment registered before ``config`` existed: it passes
+    ``preset`` (and maybe ``config_file``, ``weights_source``) instead, which win."""
+    if preset or config_file:
+        return resolve_config(preset or "paper", config_file, weights=weights_source)
+    return with_overrides(config, weights=weights_source)
 
 
 @flow(name="covid-benchmark", log_prints=True)
@@ -153,7 +143,9 @@ def covid_benchmark(
     workers: int | None = None,
     triggered_by: str | None = None,
     credentials_block: str | None = None,
-    **legacy_parameters: Any,
+    preset: str | None = None,
+    config_file: str | None = None,
+    weights_source: str | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark on ``sources`` and write the leaderboard under ``out``.
 
@@ -167,17 +159,20 @@ def covid_benchmark(
             per task).
         triggered_by: the id of the event that started this run, if any.
         credentials_block: a Prefect block with object-storage credentials, secret/NAME.
-        legacy_parameters: only for deployments made before `config` existed (preset,
-            config_file, weights_source, folds, ...): turned into `config`. Leave empty.
+        preset: only for deployments made before `config` existed: a preset that replaces
+            `config` (leave empty).
+        config_file: the same, a config YAML on the flow's machine (leave empty).
+        weights_source: the same, the weights setting over either (leave empty).
     """
     logger = get_run_logger()
     if triggered_by:
         logger.info("triggered by event %s", triggered_by)
-    cfg = legacy_config(legacy_parameters) if legacy_parameters else config
-    if legacy_parameters:
-        logger.warning("this deployment passes the loose parameters of an older covid-benchmark "
-                       "(%s); they were turned into `config`: re-create it with "
-                       "`python -m deployments.deploy`", ", ".join(sorted(legacy_parameters)))
+    cfg = config
+    if preset or config_file or weights_source:
+        cfg = legacy_config(config, preset, config_file, weights_source)
+        logger.warning("this deployment passes preset/config_file/weights_source, the "
+                       "parameters of covid-benchmark before `config`; re-create it with "
+                       "`python -m deployments.deploy` to pass `config` instead")
     logger.info("config %s (%s): models %s; %d folds, %d epochs, mode %s, weights %s",
                 cfg.config_hash(), cfg.name, ", ".join(cfg.models), cfg.folds, cfg.epochs,
                 cfg.mode, cfg.weights)

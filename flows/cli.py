@@ -12,9 +12,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from covid_pipeline import cli, layout, storage
+from covid_pipeline import cli, layout, storage, weights
 from covid_pipeline.cluster import check as check_cluster
 from covid_pipeline.config import DATA_FIELDS, BenchmarkConfig, cli_fields, resolve_config
+from covid_pipeline.errors import ConfigError
 from covid_pipeline.sources import parse_source
 from covid_pipeline.synth import make_synthetic
 from flows.credentials import check_block_name
@@ -38,9 +39,12 @@ def add_run_options(p: argparse.ArgumentParser, out_default: str | None = None) 
 def resolve_run(args: argparse.Namespace, sources: list[str], preset: str) -> BenchmarkConfig:
     """Validate every parameter (cheaply, before Prefect starts); return the config."""
     cfg = resolve_config(preset=preset, config_file=args.config, **cli.config_overrides(args))
+    weights.missing(cfg)  # a --weights path that does not exist is refused here, cheaply
     for s in sources:
         parse_source(s)
     check_cluster(args.cluster)
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: give at least 1 worker process")
     if args.credentials_block:
         check_block_name(args.credentials_block)
     return cfg

@@ -14,11 +14,12 @@ from prefect.events import emit_event
 from covid_pipeline import fingerprint as fp
 from covid_pipeline.sources import parse_source
 from flows import credentials
+from tasks.retries import RETRY
 
 EVENT = "covid.dataset.updated"
 
 
-@task(name="fingerprint", retries=2, retry_delay_seconds=10, cache_policy=NO_CACHE)
+@task(name="fingerprint", **RETRY, cache_policy=NO_CACHE)
 def fingerprint_source(source: str, out: str) -> dict:
     """The source's current fingerprint and whether it differs from the stored one."""
     spec = parse_source(source)

@@ -258,6 +258,9 @@ RUN_CASES = {
     # the same bounds as ingest: once only the flow checked 64..2048, after Prefect started
     "image-size-40": (["--preset", "smoke", "--image-size", "40"],
                       ["image_size must be in [64, 2048], got 40"]),
+    "missing-weights-file": (["--preset", "smoke", "--weights", "/nonexistent/vgg16.h5"],
+                             ["--weights '/nonexistent/vgg16.h5'"]),
+    "zero-workers": (["--preset", "smoke", "--workers", "0"], ["--workers 0"]),
     "unknown-cluster": (["--preset", "smoke", "--cluster", "bogus"], ["--cluster", "bogus"]),
 }
 

@@ -19,7 +19,7 @@ def test_the_run_form_shows_the_configs_fields_with_types_and_defaults():
     schema = parameter_schema(covid_benchmark.fn).model_dump_for_openapi()
     assert set(schema["properties"]) == {"sources", "out", "config", "cluster", "workers",
                                          "triggered_by", "credentials_block",
-                                         "legacy_parameters"}
+                                         "preset", "config_file", "weights_source"}
     assert "paper preset" in schema["properties"]["config"]["description"]
     config = schema["definitions"]["BenchmarkConfig"]["properties"]
     assert config["epochs"]["default"] == 120 and config["epochs"]["minimum"] == 1
@@ -58,27 +58,29 @@ def test_flow_on_the_thread_runner_writes_the_board_and_the_resolved_config(
 
 
 def test_a_deployment_made_before_config_keeps_working(prefect_api, tmp_path):
-    """Older deployments pass loose parameters (preset, weights_source, folds, ...): the
-    flow turns them into the config and says how to re-create the deployment."""
+    """Deployments registered before `config` pass preset, config_file and weights_source
+    (deployments.deploy never passed other settings): Prefect accepts those parameters as
+    stored, and the flow turns them into the config."""
     from covid_pipeline.synth import make_synthetic
     from flows.benchmark import covid_benchmark
 
     data = make_synthetic(str(tmp_path / "data"), covid_patients=4, normals=8, size=96, seed=3)
-    result = covid_benchmark(sources=[f"ieee8023={data.ieee8023}", f"rsna={data.rsna}"],
-                             out=str(tmp_path / "out"), cluster="threads", preset="smoke",
-                             weights_source="none", models=["VGG16"], folds=2, epochs=1,
-                             input_size=32, image_size=64)
-    expected = resolve_config("smoke", models="VGG16", folds=2, epochs=1, input_size=32,
-                              image_size=64, weights="none")
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text("models: [VGG16]\nfolds: 2\nepochs: 1\ninput_size: 32\nimage_size: 64\n")
+    stored = {"sources": [f"ieee8023={data.ieee8023}", f"rsna={data.rsna}"],
+              "out": str(tmp_path / "out"), "preset": "smoke", "config_file": str(tiny),
+              "weights_source": "none", "cluster": "threads"}
+    covid_benchmark.validate_parameters(stored)  # what a deployment run does first
+    result = covid_benchmark(**stored)
+    expected = resolve_config("smoke", tiny, weights="none")
     assert result["config_hash"] == expected.config_hash()
     assert list(pd.read_csv(tmp_path / "out" / "leaderboard.csv")["status"]) == ["ok"]
 
 
-def test_unknown_legacy_parameters_fail_in_one_line():
-    from covid_pipeline.errors import ConfigError
-    from flows.benchmark import legacy_config
+def test_unknown_parameters_of_a_stored_deployment_are_refused():
+    from prefect.exceptions import SignatureMismatchError
 
-    assert legacy_config({"preset": "smoke", "weights_source": "none"}) == resolve_config(
-        "smoke", weights="none")
-    with pytest.raises(ConfigError, match="unknown parameter.*bogus.*deployments.deploy"):
-        legacy_config({"preset": "smoke", "bogus": 1})
+    from flows.benchmark import covid_benchmark
+
+    with pytest.raises(SignatureMismatchError, match="bogus"):
+        covid_benchmark.validate_parameters({"sources": [], "out": "/o", "bogus": 1})

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from imagefiles import grey, png_bytes
 
-from covid_pipeline.errors import DataError
+from covid_pipeline.errors import ConfigError, DataError
 from covid_pipeline.manifest import COVID, NORMAL
 from covid_pipeline.sources import folder, ieee8023, parse_source, rsna
 from covid_pipeline.synth import dicom_bytes
@@ -197,5 +197,5 @@ def test_folder_layout(tmp_path):
 
 @pytest.mark.parametrize("text", ["ieee8023", "nope=/x", "=/x", "rsna="])
 def test_bad_source_specs(text):
-    with pytest.raises(DataError):
+    with pytest.raises(ConfigError):  # a bad --source flag, not bad data
         parse_source(text)

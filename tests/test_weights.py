@@ -38,3 +38,34 @@ def test_weights_in_cache_or_folder_pass_and_none_needs_nothing(tmp_path, monkey
     assert weights.backbone_weights(spec, resolve_config("smoke", weights=str(folder))) == str(
         folder / zoo.weights_ref(spec, 96)[0])
     assert weights.backbone_weights(spec, resolve_config("smoke", weights="none")) is None
+
+
+def test_weights_digest_follows_the_bytes_even_when_size_and_mtime_are_kept(tmp_path,
+                                                                             monkeypatch):
+    import hashlib
+    import os
+
+    monkeypatch.setenv("COVID_PIPELINE_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "vgg16.weights.h5"
+    path.write_bytes(b"a" * 64)
+    cfg = resolve_config("smoke", models="VGG16", weights=str(path))
+    spec = zoo.get("VGG16")
+    first = weights.weights_digest(spec, cfg)
+    assert first == hashlib.sha256(b"a" * 64).hexdigest()
+
+    hashed = []
+    monkeypatch.setattr(weights, "_file_sha256", lambda p: hashed.append(p) or "x")
+    weights._DIGESTS.clear()
+    assert weights.weights_digest(spec, cfg) == first and hashed == []  # remembered on disk
+
+    monkeypatch.undo()
+    monkeypatch.setenv("COVID_PIPELINE_CACHE", str(tmp_path / "cache"))
+    stat = path.stat()
+    tmp = tmp_path / "new.h5"
+    tmp.write_bytes(b"b" * 64)  # same size; `cp -p` / rsync -a also keep the mtime
+    os.utime(tmp, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(tmp, path)
+    assert path.stat().st_mtime_ns == stat.st_mtime_ns and path.stat().st_size == 64
+    assert weights.weights_digest(spec, cfg) == hashlib.sha256(b"b" * 64).hexdigest()
+    assert weights.weights_digest(zoo.get("VGG16"), resolve_config("smoke", weights="none")) \
+        == "random"

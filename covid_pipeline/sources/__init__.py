@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from covid_pipeline.errors import DataError
+from covid_pipeline.errors import ConfigError
 from covid_pipeline.manifest import SourceScan
 from covid_pipeline.sources import folder, ieee8023, rsna
 
@@ -33,9 +33,9 @@ def parse_source(text: str) -> SourceSpec:
     kind, sep, uri = text.partition("=")
     kind = kind.strip().lower()
     if not sep or not uri.strip():
-        raise DataError(f"--source {text!r}: expected KIND=URI, e.g. ieee8023=/data/covid")
+        raise ConfigError(f"--source {text!r}: expected KIND=URI, e.g. ieee8023=/data/covid")
     if kind not in SCANNERS:
-        raise DataError(
+        raise ConfigError(
             f"--source {text!r}: unknown kind {kind!r}; use one of {', '.join(sorted(SCANNERS))}"
         )
     return SourceSpec(kind, uri.strip().rstrip("/") or "/")
