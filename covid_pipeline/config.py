@@ -160,8 +160,16 @@ class BenchmarkConfig(_Frozen):
         help="online: the study's procedure; cached: backbone features per image and view")
     views: Int | None = setting(None, ge=1, flag="--views",
                                 help="cached mode: rotated views per image (default: = epochs)")
+    repeats: Int = setting(1, ge=1, hashed=False, flag="--repeats",
+                           help="repeats of k-fold cross-validation, each a new seeded "
+                                "patient-grouped split (cached mode: no extra backbone pass)")
     extract_batch_size: Int = setting(32, ge=1, hashed=False,
                                       help="backbone batch size of feature extraction")
+    bootstrap_resamples: Int = setting(2000, ge=0, hashed=False,
+                                       help="patient-level bootstrap resamples of the 95 % "
+                                            "intervals (0: no intervals)")
+    alpha: float = setting(0.05, gt=0, lt=1, hashed=False,
+                           help="significance level of the comparisons with the best model")
     name: str = setting("custom", hashed=False, help="label of the run")
     data: DataSettings = setting(default_factory=DataSettings,
                                  help="data-path settings (the dataset version's)")
@@ -184,6 +192,13 @@ class BenchmarkConfig(_Frozen):
                 data[key] = values.pop(key)
         values["data"] = data
         return values
+
+    @model_validator(mode="after")
+    def _online_runs_one_repeat(self) -> BenchmarkConfig:
+        if self.mode == "online" and self.repeats > 1:
+            raise ValueError(f"repeats {self.repeats} needs --mode cached: online mode runs "
+                             "the backbone every epoch and supports one repeat")
+        return self
 
     @field_validator("models", mode="before")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
@@ -34,6 +35,25 @@ def assign_folds(df: pd.DataFrame, n_folds: int = 5, group_by: str = "patient",
     out = df.copy()
     out["fold"] = fold.to_numpy()
     return out
+
+
+def repeat_seed(seed: int, repeat: int) -> int:
+    """The split seed of a repeat of cross-validation: repeat 0 is the dataset's own."""
+    if repeat == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, repeat]).generate_state(1)[0])
+
+
+def repeat_folds(manifest: pd.DataFrame, repeat: int, n_folds: int, group_by: str,
+                 seed: int) -> pd.Series:
+    """Each image's fold in ``repeat`` (indexed like ``manifest``): repeat 0 is the
+    manifest's ``fold`` column, repeat r >= 1 a new seeded split of the same images, grouped
+    the same way. A pure function of (manifest, r): adding repeats keeps the earlier ones."""
+    if repeat == 0:
+        return manifest["fold"]
+    folded = assign_folds(manifest.drop(columns=["fold"], errors="ignore"), n_folds,
+                          group_by, repeat_seed(seed, repeat))
+    return manifest["image_id"].map(folded.set_index("image_id")["fold"]).astype("int64")
 
 
 def check_enough_units(df: pd.DataFrame, n_folds: int, group_by: str) -> None:

@@ -79,9 +79,12 @@ def compile_model(model, cfg: BenchmarkConfig, steps_per_execution: int = 1) -> 
                   jit_compile=False, steps_per_execution=steps_per_execution)
 
 
-def epoch_order(cfg: BenchmarkConfig, fold: int, epoch: int, n: int) -> np.ndarray:
-    """The seeded batch order of an epoch (the same in every training path)."""
-    return np.random.default_rng([cfg.seed, fold, epoch]).permutation(n)
+def epoch_order(cfg: BenchmarkConfig, fold: int, epoch: int, n: int, repeat: int = 0
+                ) -> np.ndarray:
+    """The seeded batch order of an epoch (the same in every training path); repeat 0 keeps
+    the order of single cross-validation."""
+    key = [cfg.seed, fold, epoch] if repeat == 0 else [cfg.seed, repeat, fold, epoch]
+    return np.random.default_rng(key).permutation(n)
 
 
 def class_weights(cfg: BenchmarkConfig, labels: np.ndarray) -> dict[int, float] | None:
@@ -91,7 +94,7 @@ def class_weights(cfg: BenchmarkConfig, labels: np.ndarray) -> dict[int, float] 
     return {k: float(len(labels) / (2 * max(counts[k], 1))) for k in (0, 1)}
 
 
-def batch_schedule(cfg: BenchmarkConfig, fold: int, n: int
+def batch_schedule(cfg: BenchmarkConfig, fold: int, n: int, repeat: int = 0
                    ) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Every training batch of every epoch, in order: ``(rows, epochs, bounds)``.
 
@@ -101,7 +104,7 @@ def batch_schedule(cfg: BenchmarkConfig, fold: int, n: int
     """
     rows, epochs, bounds = [], [], [0]
     for epoch in range(cfg.epochs):
-        order = epoch_order(cfg, fold, epoch, n)
+        order = epoch_order(cfg, fold, epoch, n, repeat)
         for start in range(0, n, cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
             rows.append(idx)
@@ -135,7 +138,7 @@ def fit_schedule(net, batches, n_batches: int,
                 verbose=0, shuffle=False)
 
 def head_batches(cfg: BenchmarkConfig, fold: int, x: np.ndarray, labels: np.ndarray,
-                 columns: np.ndarray):
+                 columns: np.ndarray, repeat: int = 0):
     """tf.data of the training batches of every epoch, in order, and their count.
 
     Epoch e trains on features ``x[:, columns[e]]`` (``x`` is [N, C, D]) in its seeded
@@ -143,7 +146,7 @@ def head_batches(cfg: BenchmarkConfig, fold: int, x: np.ndarray, labels: np.ndar
     """
     import tensorflow as tf
 
-    rows, epochs, bounds = batch_schedule(cfg, fold, len(labels))
+    rows, epochs, bounds = batch_schedule(cfg, fold, len(labels), repeat)
     feats = tf.constant(x)
     ys = tf.constant(labels)
     index = tf.constant(np.stack([rows, columns[epochs] if len(epochs) else epochs], axis=1))
@@ -155,7 +158,8 @@ def head_batches(cfg: BenchmarkConfig, fold: int, x: np.ndarray, labels: np.ndar
 
 
 def train_head(cfg: BenchmarkConfig, fold: int, x_train: np.ndarray, labels: np.ndarray,
-               columns: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, float, float]:
+               columns: np.ndarray, x_test: np.ndarray, repeat: int = 0
+               ) -> tuple[np.ndarray, float, float]:
     """Train the study's head on features (epoch e on ``x_train[:, columns[e]]``); return
     the test images' COVID-19 probabilities and the train / predict seconds."""
     import keras
@@ -163,7 +167,7 @@ def train_head(cfg: BenchmarkConfig, fold: int, x_train: np.ndarray, labels: np.
     keras.utils.set_random_seed(cfg.seed)
     net = fresh_head_model(cfg, x_train.shape[-1])
     t0 = time.perf_counter()
-    batches, n_batches = head_batches(cfg, fold, x_train, labels, columns)
+    batches, n_batches = head_batches(cfg, fold, x_train, labels, columns, repeat)
     fit_schedule(net, batches, n_batches, class_weights(cfg, labels))
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()

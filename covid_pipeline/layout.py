@@ -12,7 +12,8 @@
       results/<version>/<config-hash>/
         config.yaml                                the resolved config that made them
         leaderboard.{csv,md,png}
-        <model>/fold-<k>.json, <model>/fold-<k>.predictions.parquet
+        <model>/fold-<k>.json, <model>/fold-<k>.predictions.parquet     (repeat 0)
+        <model>/repeat-<r>/fold-<k>.json, ...predictions.parquet          (repeat r >= 1)
       leaderboard.{csv,md,png}                     the latest run's, beside the folders
       watch/<kind>-<key>.json                      the dataset watcher's fingerprints
       synthetic-data/                              `covid-pipeline demo`'s data set
@@ -90,12 +91,18 @@ def resolved_config(results_uri: str) -> str:
     return join(results_uri, "config.yaml")
 
 
-def fold_result(results_uri: str, model: str, fold: int) -> str:
-    return join(results_uri, model, f"fold-{fold}.json")
+def _repeat_dir(results_uri: str, model: str, repeat: int) -> str:
+    """Repeat 0 (single cross-validation) directly under the model; repeat r in repeat-<r>/."""
+    return join(results_uri, model) if repeat == 0 else join(results_uri, model,
+                                                             f"repeat-{repeat}")
 
 
-def fold_predictions(results_uri: str, model: str, fold: int) -> str:
-    return join(results_uri, model, f"fold-{fold}.predictions.parquet")
+def fold_result(results_uri: str, model: str, fold: int, repeat: int = 0) -> str:
+    return join(_repeat_dir(results_uri, model, repeat), f"fold-{fold}.json")
+
+
+def fold_predictions(results_uri: str, model: str, fold: int, repeat: int = 0) -> str:
+    return join(_repeat_dir(results_uri, model, repeat), f"fold-{fold}.predictions.parquet")
 
 
 def leaderboard(folder: str, ext: str) -> str:

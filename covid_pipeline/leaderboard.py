@@ -10,10 +10,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from covid_pipeline import layout, storage, zoo
+from covid_pipeline import evaluation, layout, storage, zoo
+from covid_pipeline.evaluation import CI_METRICS
 from covid_pipeline.metrics import METRICS, summarise
+from covid_pipeline.shards import read_parquet
 
 RANK_BY = ("balanced_accuracy_mean", "auc_mean")
 
@@ -29,11 +32,41 @@ class LeaderboardContext:
     preset: str
     n_folds: int
     input_sizes: dict[str, int]
+    repeats: int = 1
+    dataset_uri: str | None = None  # its manifest gives each image's patient
+    bootstrap_resamples: int = 2000
+    alpha: float = 0.05
+    seed: int = 42
+
+
+COMPARED = ("balanced_accuracy", "auc")  # fold scores compared with the best model's
+P_COLUMNS = ("balanced_accuracy_p", "auc_p", "auc_delong_p")
+
+
+def pooled_predictions(records: list[dict[str, Any]], manifest_uri: str | None
+                       ) -> pd.DataFrame:
+    """Every stored out-of-fold prediction of ``records`` (model, fold, image_id, label,
+    prob_covid) with each image's ``patient_id`` from the dataset's manifest."""
+    frames = [read_parquet(r["predictions_uri"]) for r in records if r.get("predictions_uri")]
+    if not frames:
+        return pd.DataFrame(columns=["model", "fold", "image_id", "label", "prob_covid",
+                                     "patient_id"])
+    preds = pd.concat(frames, ignore_index=True)
+    if manifest_uri:
+        patients = read_parquet(manifest_uri).set_index("image_id")["patient_id"].astype(str)
+        preds["patient_id"] = preds["image_id"].map(patients).fillna(preds["image_id"])
+    else:  # no manifest: each image its own cluster
+        preds["patient_id"] = preds["image_id"]
+    return preds
 
 
 def build(records: list[dict[str, Any]], failures: dict[str, str], models: list[str],
-          ctx: LeaderboardContext) -> pd.DataFrame:
-    """One row per model; models with failed folds keep a row whose ``status`` says why."""
+          ctx: LeaderboardContext, predictions: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per model; models with failed folds keep a row whose ``status`` says why.
+
+    With ``predictions`` (:func:`pooled_predictions`), each ranked row also gets 95 %
+    intervals of its pooled out-of-fold metrics and its comparison with the best model.
+    """
     by_model: dict[str, list[dict]] = {m: [] for m in models}
     for rec in records:
         by_model.setdefault(rec["model"], []).append(rec)
@@ -46,8 +79,8 @@ def build(records: list[dict[str, Any]], failures: dict[str, str], models: list[
         row["n_folds"] = len(recs)
         if model in failures:
             row["status"] = f"failed: {failures[model]}"
-        elif len(recs) < ctx.n_folds:
-            row["status"] = f"incomplete: {len(recs)} of {ctx.n_folds} folds"
+        elif len(recs) < ctx.n_folds * ctx.repeats:
+            row["status"] = f"incomplete: {len(recs)} of {ctx.n_folds * ctx.repeats} folds"
         else:
             row["status"] = "ok"
         # what made the features: the same for every fold unless a run was interrupted and
@@ -67,6 +100,7 @@ def build(records: list[dict[str, Any]], failures: dict[str, str], models: list[
     rest.insert(0, "rank", pd.NA)
     out = pd.concat([ranked, rest], ignore_index=True) if len(rest) else ranked
     out["rank"] = out["rank"].astype("Int64")
+    out = add_uncertainty(out, by_model, predictions, ctx)
     out["dataset_version"] = ctx.dataset_version
     out["group_by"] = ctx.group_by
     out["config_hash"] = ctx.config_hash
@@ -74,7 +108,91 @@ def build(records: list[dict[str, Any]], failures: dict[str, str], models: list[
         out[f"n_{name.lower().replace('-', '')}"] = n
     columns = ["rank", "model", "input_size", "n_folds", "status"]
     columns += [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
+    columns += [f"{m}_{s}" for m in CI_METRICS for s in ("pooled", "ci_low", "ci_high")]
+    columns += [*P_COLUMNS, "tied_with_best"]
     return out[columns + [c for c in out.columns if c not in columns]].reset_index(drop=True)
+
+
+def add_uncertainty(table: pd.DataFrame, by_model: dict[str, list[dict]],
+                    predictions: pd.DataFrame | None, ctx: LeaderboardContext) -> pd.DataFrame:
+    """Pooled estimates with bootstrap intervals, and each ranked model against the best:
+    Nadeau–Bengio corrected t-tests on fold balanced accuracy and AUC, DeLong on the pooled
+    AUC, each Holm-corrected over the comparisons; ``tied_with_best`` when none rejects."""
+    table = table.copy()
+    for m in CI_METRICS:
+        for suffix in ("pooled", "ci_low", "ci_high"):
+            table[f"{m}_{suffix}"] = float("nan")
+    for col in P_COLUMNS:
+        table[col] = float("nan")
+    table["tied_with_best"] = pd.array([pd.NA] * len(table), dtype="boolean")
+    ranked = table[table["rank"].notna()].sort_values("rank")
+    if predictions is None or predictions.empty or ranked.empty:
+        return table
+    oof = {m: _oof(predictions[predictions["model"] == m]) for m in ranked["model"]}
+    for model, (labels, probs, patients) in oof.items():
+        if len(labels) == 0:
+            continue
+        i = table.index[table["model"] == model][0]
+        point = evaluation.point_estimates(labels, probs)
+        ci = (evaluation.bootstrap_intervals(labels, probs, patients, ctx.bootstrap_resamples,
+                                             ctx.seed) if ctx.bootstrap_resamples else {})
+        for m in CI_METRICS:
+            table.loc[i, f"{m}_pooled"] = point[m] if point[m] is not None else float("nan")
+            if ci.get(m):
+                table.loc[i, f"{m}_ci_low"], table.loc[i, f"{m}_ci_high"] = ci[m]
+    best = ranked["model"].iloc[0]
+    others = [m for m in ranked["model"].iloc[1:] if len(oof[m][0])]
+    raw: dict[str, list[float]] = {col: [] for col in P_COLUMNS}
+    for model in others:
+        for metric, col in zip(COMPARED, P_COLUMNS[:2], strict=True):
+            raw[col].append(_fold_ttest(by_model[best], by_model[model], metric))
+        raw["auc_delong_p"].append(_delong(oof[best], oof[model]))
+    for col in P_COLUMNS:
+        for model, p in zip(others, evaluation.holm(raw[col]), strict=True):
+            table.loc[table["model"] == model, col] = p
+    for model in ranked["model"]:
+        row = table.loc[table["model"] == model, list(P_COLUMNS)].iloc[0]
+        rejected = any(p < ctx.alpha for p in row if not pd.isna(p))
+        table.loc[table["model"] == model, "tied_with_best"] = bool(model == best or not rejected)
+    return table
+
+
+def _oof(preds: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(labels [N], probabilities [R, N], patients [N]) in image_id order; R repeats."""
+    if preds.empty:
+        return np.zeros(0, np.int64), np.zeros((1, 0)), []
+    repeat = preds["repeat"] if "repeat" in preds else pd.Series(0, index=preds.index)
+    wide = preds.assign(repeat=repeat).pivot_table(index="image_id", columns="repeat",
+                                                   values="prob_covid", aggfunc="first")
+    wide = wide.dropna().sort_index()  # images predicted in every repeat
+    first = preds.drop_duplicates("image_id").set_index("image_id").loc[wide.index]
+    return (first["label"].to_numpy(np.int64), wide.to_numpy().T,
+            first["patient_id"].astype(str).tolist())
+
+
+def _fold_ttest(best: list[dict], other: list[dict], metric: str) -> float:
+    """Two-sided corrected t-test p of the per-fold differences (matched by repeat, fold)."""
+    def scores(recs):
+        return {(r.get("repeat", 0), r["fold"]): r for r in recs
+                if r["metrics"].get(metric) is not None}
+
+    a, b = scores(best), scores(other)
+    keys = sorted(set(a) & set(b))
+    if len(keys) < 2:
+        return float("nan")
+    diffs = [a[k]["metrics"][metric] - b[k]["metrics"][metric] for k in keys]
+    n_test = float(np.mean([a[k]["n_test"] for k in keys]))
+    n_total = n_test * len({k[1] for k in keys})  # every image is tested once per repeat
+    return evaluation.corrected_ttest(diffs, n_total - n_test, n_test)[1]
+
+
+def _delong(best: tuple, other: tuple) -> float:
+    """DeLong p on the images both predicted, each model's probability averaged over
+    repeats."""
+    (yb, pb, _), (_, po, _) = best, other
+    if pb.shape[1] != po.shape[1] or len(np.unique(yb)) < 2:
+        return float("nan")
+    return evaluation.delong_test(yb, pb.mean(axis=0), po.mean(axis=0))[3]
 
 
 def _family(model: str) -> str | None:
@@ -84,63 +202,120 @@ def _family(model: str) -> str | None:
         return None
 
 
+def top_tier(df: pd.DataFrame, ctx: LeaderboardContext) -> str | None:
+    """The sentence that names the models statistically tied with the best, if tested."""
+    ranked = df[df["rank"].notna()].sort_values("rank")
+    if ranked.empty or ranked["tied_with_best"].isna().all():
+        return None
+    best = ranked["model"].iloc[0]
+    tied = [m for m, t in zip(ranked["model"], ranked["tied_with_best"], strict=True)
+            if _true(t) and m != best]
+    if len(ranked) == 1:
+        return f"Only {best} was ranked: nothing to compare."
+    names = f": {', '.join(tied)}" if tied else ""
+    verb = "is" if len(tied) == 1 else "are"
+    return (f"**{len(tied)} of the other {len(ranked) - 1} models {verb} not distinguishable "
+            f"from {best} at α = {ctx.alpha:g}**{names} (Holm-corrected Nadeau–Bengio t-tests "
+            "on fold balanced accuracy and AUC, and DeLong on the pooled AUC).")
+
+
 def to_markdown(df: pd.DataFrame, ctx: LeaderboardContext) -> str:
     counts = ", ".join(f"{k} {v}" for k, v in sorted(ctx.class_counts.items()))
     lines = [
         f"# Leaderboard ({ctx.preset})",
         "",
         f"Dataset version `{ctx.dataset_version}`, folds grouped by **{ctx.group_by}**, "
-        f"{ctx.n_folds} folds; images per class: {counts}. Config `{ctx.config_hash}`. "
-        "Mean ± std over folds; positive class COVID-19. Precision: the backbone's when "
-        "the features were made; weights: the first 12 hex digits of the weights file's "
-        "sha256 (`random`: seeded random initialisation).",
+        f"{ctx.n_folds} folds{f' × {ctx.repeats} repeats' if ctx.repeats > 1 else ''}; "
+        f"images per class: {counts}. Config `{ctx.config_hash}`. "
+        "Each cell: mean ± std (ddof=1) over folds; then the pooled out-of-fold estimate "
+        "[95 % interval, patient-level bootstrap]; positive class COVID-19. p: Holm-corrected "
+        "p-values against the best model (balanced accuracy / AUC by the corrected t-test, "
+        "AUC by DeLong); tier ✓: not distinguishable from the best. Precision: the "
+        "backbone's when the features were made; weights: the first 12 hex digits of the "
+        "weights file's sha256 (`random`: seeded random initialisation).",
         "",
+    ]
+    tier = top_tier(df, ctx)
+    if tier:
+        lines += [tier, ""]
+    lines += [
         "| rank | model | input | balanced acc. | AUC | sensitivity | specificity | F1 "
-        "| precision | weights | status |",
-        "|---:|---|---:|---|---|---|---|---|---|---|---|",
+        "| p (BA / AUC / DeLong) | tier | precision | weights | status |",
+        "|---:|---|---:|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in df.to_dict("records"):
         rank = "" if pd.isna(r["rank"]) else str(r["rank"])
         cells = [_pm(r, m) for m in ("balanced_accuracy", "auc", "sensitivity", "specificity",
                                      "f1")]
-        cells += [_text(r.get("feature_precision")),
+        cells += [" / ".join(_p(r.get(c)) for c in P_COLUMNS),
+                  "✓" if _true(r.get("tied_with_best")) else "",
+                  _text(r.get("feature_precision")),
                   ",".join(d[:12] for d in _text(r.get("weights_sha256")).split(","))]
         lines.append(f"| {rank} | {r['model']} | {r['input_size']} | " + " | ".join(cells)
                      + f" | {r['status']} |")
     return "\n".join(lines) + "\n"
 
 
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def _true(value: Any) -> bool:
+    return not _missing(value) and bool(value)
+
+
 def _text(value: Any) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+    return "–" if _missing(value) else str(value)
+
+
+def _p(value: Any) -> str:
+    return "–" if _missing(value) else ("<0.001" if value < 0.001 else f"{value:.3f}")
 
 
 def _pm(row: dict, metric: str) -> str:
     mean, std = row.get(f"{metric}_mean"), row.get(f"{metric}_std")
-    if mean is None or pd.isna(mean):
+    if _missing(mean):
         return "–"
-    return f"{mean:.3f} ± {std:.3f}"
+    text = f"{mean:.3f} ± {std:.3f}" if not _missing(std) else f"{mean:.3f}"
+    pooled = row.get(f"{metric}_pooled")
+    low, high = row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
+    if not _missing(pooled) and not _missing(low) and not _missing(high):
+        text += f"; {pooled:.3f} [{low:.3f}, {high:.3f}]"
+    return text
 
 
 def to_png(df: pd.DataFrame, ctx: LeaderboardContext) -> bytes:
-    """Models on the y axis; mean ± std of balanced accuracy and AUC."""
+    """A forest plot: per ranked model, the pooled balanced accuracy and AUC with their
+    95 % intervals (fold mean ± std where no interval was computed); models tied with the
+    best in bold."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ok = df[df["status"] == "ok"].iloc[::-1]
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * max(len(ok), 1)))
-    y = range(len(ok))
-    for offset, metric, colour in ((-0.18, "balanced_accuracy", "tab:blue"),
-                                   (0.18, "auc", "tab:orange")):
-        ax.barh([v + offset for v in y], ok[f"{metric}_mean"].fillna(0), height=0.34,
-                xerr=ok[f"{metric}_std"].fillna(0), color=colour, label=metric, capsize=2)
+    fig, ax = plt.subplots(figsize=(8, 1.4 + 0.35 * max(len(ok), 1)))
+    y = np.arange(len(ok))
+    for offset, metric, colour in ((-0.15, "balanced_accuracy", "tab:blue"),
+                                   (0.15, "auc", "tab:orange")):
+        pooled = ok[f"{metric}_pooled"].astype(float)
+        has_ci = pooled.notna() & ok[f"{metric}_ci_low"].notna()
+        centre = pooled.where(has_ci, ok[f"{metric}_mean"].astype(float)).fillna(0)
+        low = (centre - ok[f"{metric}_ci_low"].astype(float)).where(
+            has_ci, ok[f"{metric}_std"].astype(float)).fillna(0)
+        high = (ok[f"{metric}_ci_high"].astype(float) - centre).where(
+            has_ci, ok[f"{metric}_std"].astype(float)).fillna(0)
+        ax.errorbar(centre, y + offset, xerr=[low.clip(lower=0), high.clip(lower=0)],
+                    fmt="o", color=colour, label=metric, capsize=3, markersize=4)
     ax.set_yticks(list(y), list(ok["model"]))
+    for label, tied in zip(ax.get_yticklabels(), ok["tied_with_best"], strict=True):
+        if _true(tied):
+            label.set_fontweight("bold")
     ax.set_xlim(0, 1.05)
-    ax.set_xlabel("mean ± std over folds")
-    ax.set_title(f"COVID-19 vs normal, dataset {ctx.dataset_version}, folds by {ctx.group_by}",
-                 fontsize=9)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlabel("pooled out-of-fold estimate, 95 % patient-bootstrap interval")
+    ax.set_title(f"COVID-19 vs normal, dataset {ctx.dataset_version}, folds by {ctx.group_by}"
+                 "; bold: tied with the best", fontsize=9)
+    ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

@@ -2,9 +2,9 @@
 
 Positive class = COVID-19 (label 1). A sample is predicted positive when its COVID-19
 probability is above the threshold (0.5), which matches ``argmax`` of a 2-way softmax
-(a tie goes to "normal") and Keras' ``BinaryAccuracy``. Undefined ratios are 0.0, as
-scikit-learn's ``zero_division=0``; AUC is None when ``y_true`` holds a single class.
-No value is ever NaN.
+(a tie goes to "normal") and Keras' ``BinaryAccuracy``. Every metric is scikit-learn's;
+undefined ratios are 0.0 (``zero_division=0``); AUC is None when ``y_true`` holds a single
+class. No value is ever NaN.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from sklearn import metrics as skm
 
 METRIC_NAMES: tuple[str, ...] = (
     "accuracy",
@@ -26,10 +27,6 @@ METRIC_NAMES: tuple[str, ...] = (
 )
 METRICS = METRIC_NAMES  # alias
 COUNT_NAMES: tuple[str, ...] = ("tp", "fp", "tn", "fn", "n")
-
-
-def _ratio(num: int, den: int) -> float:
-    return num / den if den else 0.0
 
 
 def _as_arrays(y_true: Any, y_prob: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -51,16 +48,10 @@ def _as_arrays(y_true: Any, y_prob: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def roc_auc(y_true: np.ndarray, y_prob: np.ndarray) -> float | None:
-    """ROC AUC by the rank-sum (Mann-Whitney) formula, ties at half; None if one class."""
-    n_pos = int(y_true.sum())
-    n_neg = int(y_true.size - n_pos)
-    if n_pos == 0 or n_neg == 0:
+    """scikit-learn's ROC AUC; None when ``y_true`` holds a single class."""
+    if len(np.unique(y_true)) < 2:
         return None
-    _, inverse, counts = np.unique(y_prob, return_inverse=True, return_counts=True)
-    # 1-based average rank of each group of tied scores.
-    avg_rank = np.cumsum(counts) - (counts - 1) / 2.0
-    rank_sum = float(avg_rank[inverse.reshape(-1)][y_true == 1].sum())
-    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    return float(skm.roc_auc_score(y_true, y_prob))
 
 
 def fold_metrics(y_true: Any, y_prob: Any, threshold: float = 0.5) -> dict[str, Any]:
@@ -70,30 +61,24 @@ def fold_metrics(y_true: Any, y_prob: Any, threshold: float = 0.5) -> dict[str, 
     Returns floats for the metrics (``auc`` may be None) and ints for the counts.
     """
     y, p = _as_arrays(y_true, y_prob)
-    pred = p > threshold
-    pos = y == 1
-    tp = int(np.sum(pred & pos))
-    fp = int(np.sum(pred & ~pos))
-    tn = int(np.sum(~pred & ~pos))
-    fn = int(np.sum(~pred & pos))
-    n = tp + fp + tn + fn
-    sensitivity = _ratio(tp, tp + fn)
-    specificity = _ratio(tn, tn + fp)
-    # Balanced accuracy averages the recall of the classes present in y_true (as sklearn).
-    present = [r for r, count in ((sensitivity, tp + fn), (specificity, tn + fp)) if count]
+    pred = (p > threshold).astype(np.int64)
+    tn, fp, fn, tp = (int(v) for v in skm.confusion_matrix(y, pred, labels=[0, 1]).ravel())
+    present = sorted(set(y.tolist()))  # balanced accuracy: recall of the classes present
     return {
-        "accuracy": _ratio(tp + tn, n),
-        "precision": _ratio(tp, tp + fp),
-        "sensitivity": sensitivity,
-        "specificity": specificity,
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-        "balanced_accuracy": float(sum(present) / len(present)),
+        "accuracy": float(skm.accuracy_score(y, pred)),
+        "precision": float(skm.precision_score(y, pred, zero_division=0)),
+        "sensitivity": float(skm.recall_score(y, pred, labels=[1], zero_division=0)),
+        "specificity": float(skm.recall_score(y, pred, pos_label=0, labels=[0],
+                                              zero_division=0)),
+        "f1": float(skm.f1_score(y, pred, zero_division=0)),
+        "balanced_accuracy": float(np.mean(skm.recall_score(
+            y, pred, labels=present, average=None, zero_division=0))),
         "auc": roc_auc(y, p),
         "tp": tp,
         "fp": fp,
         "tn": tn,
         "fn": fn,
-        "n": n,
+        "n": tp + fp + tn + fn,
     }
 
 
@@ -102,7 +87,8 @@ def _defined(value: Any) -> bool:
 
 
 def summarise(folds: Sequence[Mapping[str, Any]] | Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """``<metric>_mean`` and ``<metric>_std`` (population std) over folds, plus ``n_folds``.
+    """``<metric>_mean`` and ``<metric>_std`` (sample std, ddof=1; None from one fold) over
+    folds, plus ``n_folds``.
 
     A metric that is None (or NaN) in a fold is left out of that metric's statistics; a
     metric defined in no fold summarises to None.
@@ -112,6 +98,6 @@ def summarise(folds: Sequence[Mapping[str, Any]] | Iterable[Mapping[str, Any]]) 
     for name in METRIC_NAMES:
         values = np.array([float(f[name]) for f in folds if _defined(f.get(name))])
         out[f"{name}_mean"] = float(values.mean()) if values.size else None
-        out[f"{name}_std"] = float(values.std(ddof=0)) if values.size else None
+        out[f"{name}_std"] = float(values.std(ddof=1)) if values.size > 1 else None
     out["n_folds"] = len(folds)
     return out

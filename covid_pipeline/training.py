@@ -32,6 +32,7 @@ from covid_pipeline.features import (
     resize_all,
     run_backbone,
 )
+from covid_pipeline.folds import repeat_folds
 from covid_pipeline.head import train_head
 from covid_pipeline.metrics import fold_metrics
 from covid_pipeline.shards import (
@@ -63,16 +64,19 @@ def write_resolved_config(out: str, version: str, cfg: BenchmarkConfig) -> str:
                               cfg.to_yaml())
 
 
-def fold_result_uri(out: str, version: str, cfg: BenchmarkConfig, model: str, fold: int) -> str:
-    return layout.fold_result(results_root(out, version, cfg), model, fold)
+def fold_result_uri(out: str, version: str, cfg: BenchmarkConfig, model: str, fold: int,
+                    repeat: int = 0) -> str:
+    return layout.fold_result(results_root(out, version, cfg), model, fold, repeat)
 
 
 def train_cached(info: DatasetInfo, model: str, fold: int, cfg: BenchmarkConfig,
-                 source: FeatureSource):
+                 source: FeatureSource, repeat: int = 0):
     """Train the head on the features under ``source`` (the extraction's, which may have run
     on another kind of worker): epoch e on view ``epoch_view(e)``, test on view 0.
 
-    Rows come in image_id order, as in :func:`train_online` (the same batches)."""
+    Rows come in image_id order, as in :func:`train_online` (the same batches). ``repeat``
+    r >= 1 uses that repeat's split of the same images (:func:`folds.repeat_folds`): the
+    same features, no backbone pass."""
     manifest = read_parquet(info.manifest_uri).sort_values("image_id")
     shas = sorted(set(manifest["sha256"].astype(str)))
     views = needed_views(cfg)
@@ -90,11 +94,12 @@ def train_cached(info: DatasetInfo, model: str, fold: int, cfg: BenchmarkConfig,
         return (Split(None, part["label"].to_numpy(np.int64), part["image_id"].astype(str)
                       .tolist(), shas), np.stack([feats[s] for s in shas]).astype(np.float32))
 
-    train, x_train = split(manifest["fold"] != fold)
-    test, x_test = split(manifest["fold"] == fold)
+    folds = repeat_folds(manifest, repeat, cfg.folds, cfg.group_by, cfg.seed)
+    train, x_train = split(folds != fold)
+    test, x_test = split(folds == fold)
     columns = np.array([epoch_view(cfg, e) for e in range(cfg.epochs)], np.int64)
     prob, train_s, predict_s = train_head(cfg, fold, x_train, train.labels, columns,
-                                          x_test[:, 0])
+                                          x_test[:, 0], repeat)
     return test, prob, {"train_seconds": train_s, "predict_seconds": predict_s,
                         "backbone_passes": 0}
 
@@ -138,27 +143,32 @@ def train_online(info: DatasetInfo, model: str, fold: int, cfg: BenchmarkConfig)
                         "backbone_passes": n * epochs + len(test)}
 
 
-# How each mode trains one fold: (info, model, fold, cfg, source) -> (test split, COVID-19
-# probabilities, timing). ``source`` is the feature root (cached) or None (online).
+# How each mode trains one fold: (info, model, fold, cfg, source, repeat) -> (test split,
+# COVID-19 probabilities, timing). ``source`` is the feature root (cached) or None (online,
+# which runs repeat 0 only: the config refuses online with repeats > 1).
 TRAINERS: dict[str, Callable[..., tuple[Split, np.ndarray, dict[str, Any]]]] = {
-    "cached": lambda info, model, fold, cfg, source: train_cached(info, model, fold, cfg, source),
-    "online": lambda info, model, fold, cfg, source: train_online(info, model, fold, cfg),
+    "cached": lambda info, model, fold, cfg, source, repeat: train_cached(
+        info, model, fold, cfg, source, repeat),
+    "online": lambda info, model, fold, cfg, source, repeat: train_online(
+        info, model, fold, cfg),
 }
 
 
 def fold_key(version: str, cfg: BenchmarkConfig, model: str, fold: int, precision: str,
-             weights_sha256: str) -> dict[str, Any]:
+             weights_sha256: str, repeat: int = 0) -> dict[str, Any]:
     """Everything that changes a fold's predictions; a stored result is reused only when
     its key equals this. ``mode`` is left out: both modes train on the same batches and
     agree within 1e-3 (tests/test_features.py at 3 and 5 folds)."""
     return {"format": RESULT_FORMAT, "dataset_version": version,
-            "config_hash": cfg.config_hash(), "model": model, "fold": fold,
+            "config_hash": cfg.config_hash(), "model": model, "repeat": repeat, "fold": fold,
             "feature_precision": precision, "weights_sha256": weights_sha256}
 
 
 def train_fold(dataset_uri: str, model_name: str, fold: int, cfg: BenchmarkConfig,
-               out: str, features: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train and evaluate ``model_name`` on ``fold``; return (and store) its result record.
+               out: str, features: dict[str, Any] | None = None, repeat: int = 0
+               ) -> dict[str, Any]:
+    """Train and evaluate ``model_name`` on ``fold`` of ``repeat``; return (and store) its
+    result record.
 
     ``features`` (cached mode) is what the extraction task returned: which feature root to
     read, in which precision and from which weights. Without it, this worker's own.
@@ -171,8 +181,8 @@ def train_fold(dataset_uri: str, model_name: str, fold: int, cfg: BenchmarkConfi
         precision, digest = source.precision, source.weights_sha256
     else:
         precision, digest = ONLINE_PRECISION, weights_digest(zoo.get(model_name), cfg)
-    key = fold_key(info.version, cfg, model_name, fold, precision, digest)
-    uri = fold_result_uri(out, info.version, cfg, model_name, fold)
+    key = fold_key(info.version, cfg, model_name, fold, precision, digest, repeat)
+    uri = fold_result_uri(out, info.version, cfg, model_name, fold, repeat)
     if storage.exists(uri):
         record = storage.read_json(uri)
         if record.get("status") == "ok" and all(record.get(k) == v for k, v in key.items()):
@@ -182,11 +192,13 @@ def train_fold(dataset_uri: str, model_name: str, fold: int, cfg: BenchmarkConfi
                  ", ".join(k for k, v in key.items() if record.get(k) != v))
     configure_tensorflow()
     started = time.time()
-    test, prob, timing = TRAINERS[cfg.mode](info, model_name, fold, cfg, source)
-    pred_uri = layout.fold_predictions(results_root(out, info.version, cfg), model_name, fold)
+    test, prob, timing = TRAINERS[cfg.mode](info, model_name, fold, cfg, source, repeat)
+    pred_uri = layout.fold_predictions(results_root(out, info.version, cfg), model_name, fold,
+                                       repeat)
     storage.write_bytes(pred_uri, parquet_bytes(pd.DataFrame({
         "image_id": test.image_ids, "sha256": test.shas, "label": test.labels,
-        "prob_covid": prob.astype(np.float64), "fold": fold, "model": model_name,
+        "prob_covid": prob.astype(np.float64), "repeat": repeat, "fold": fold,
+        "model": model_name,
     })))
     record = {
         **key,

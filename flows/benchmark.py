@@ -52,12 +52,14 @@ def expected_cost(model: str, cfg: BenchmarkConfig, n_images: int) -> float:
 def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_workers: int = 1,
                  gpu: bool = False) -> dict:
     """Fan out the GPU work (per model in ``cached`` mode, per fold in ``online``) and the
-    per-(model, fold) head training; a failing model yields an error entry, not a failure."""
+    per-(model, repeat, fold) head training; a failing model yields an error entry, not a
+    failure. Repeats reuse the model's features: no backbone pass of their own."""
     logger = get_run_logger()
     cfg = BenchmarkConfig.from_dict(config)
-    pairs = [(m, k) for m in cfg.models for k in range(cfg.folds)]
+    pairs = [(m, r, k) for m in cfg.models for r in range(cfg.repeats)
+             for k in range(cfg.folds)]
     progress = create_progress_artifact(progress=0.0, key="training-progress",
-                                        description=f"{len(pairs)} (model, fold) tasks")
+                                        description=f"{len(pairs)} (model, repeat, fold) tasks")
     gpu_work = dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext()
     # Dask priority = expected GMACs (a float: higher runs first, small data sets keep order)
     costs = {m: expected_cost(m, cfg, n_images) for m in cfg.models}
@@ -70,25 +72,26 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
                     extract[model] = extract_features_task.submit(dataset_uri, model, config,
                                                                   out)
     futures = {}
-    for model, fold in pairs:
+    for model, repeat, fold in pairs:
         if cfg.mode == "cached":
             # the extraction's result says which features (root, precision, weights) to read
             fut = train_fold_task.submit(dataset_uri, model, fold, config, out,
-                                         features=extract[model])
+                                         features=extract[model], repeat=repeat)
         else:
             with gpu_work, dask.annotate(priority=costs[model]):
                 fut = train_fold_task.submit(dataset_uri, model, fold, config, out)
-        futures[fut] = (model, fold)
+        futures[fut] = (model, repeat, fold)
     records: list[dict] = []
     failures: dict[str, str] = {}
     for done, fut in enumerate(as_completed(list(futures)), start=1):
-        model, fold = futures[fut]
+        model, repeat, fold = futures[fut]
+        where = f"fold {fold}" if repeat == 0 else f"repeat {repeat} fold {fold}"
         try:
             records.append(fut.result())
         except Exception as exc:  # noqa: BLE001 - a failed model must not fail the flow
             cause = extract_error(extract.get(model)) or one_line(exc)
-            failures.setdefault(model, f"fold {fold}: {cause}")
-            logger.error("model %s fold %s failed: %s", model, fold, cause)
+            failures.setdefault(model, f"{where}: {cause}")
+            logger.error("model %s %s failed: %s", model, where, cause)
         update_progress_artifact(progress, progress=100.0 * done / len(pairs))
     wall = time.perf_counter() - t0
     extraction = [f.result() for f in extract.values() if f.state.is_completed()]
@@ -204,8 +207,10 @@ def covid_benchmark(
     context = LeaderboardContext(
         dataset_version=dataset["version"], group_by=cfg.group_by,
         class_counts=dataset["counts"], config_hash=cfg.config_hash(), preset=cfg.name,
-        n_folds=cfg.folds,
+        n_folds=cfg.folds, repeats=cfg.repeats,
         input_sizes={m: cfg.input_size or zoo.get(m).input_size for m in cfg.models},
+        dataset_uri=dataset["uri"], bootstrap_resamples=cfg.bootstrap_resamples,
+        alpha=cfg.alpha, seed=cfg.seed,
     )
     folders = [results_root(out, dataset["version"], cfg), out]
     board = aggregate(trained["records"], trained["failures"], list(cfg.models),

@@ -6,7 +6,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from covid_pipeline import leaderboard
+from covid_pipeline import layout, leaderboard
 
 
 @task(name="aggregate", cache_policy=NO_CACHE)
@@ -14,7 +14,9 @@ def aggregate(records: list[dict], failures: dict[str, str], models: list[str],
               context: dict, folders: list[str]) -> dict:
     """Write leaderboard.csv/.md/.png and publish the ``leaderboard`` artifacts."""
     ctx = leaderboard.LeaderboardContext(**context)
-    table = leaderboard.build(records, failures, models, ctx)
+    manifest = layout.dataset_manifest(ctx.dataset_uri) if ctx.dataset_uri else None
+    predictions = leaderboard.pooled_predictions(records, manifest)
+    table = leaderboard.build(records, failures, models, ctx, predictions)
     uris = leaderboard.write(table, ctx, folders)
     rows = table.astype(object).where(table.notna(), None).to_dict("records")
     create_table_artifact(table=rows, key="leaderboard",
@@ -22,5 +24,6 @@ def aggregate(records: list[dict], failures: dict[str, str], models: list[str],
                                       f"folds by {ctx.group_by}")
     create_markdown_artifact(markdown=leaderboard.to_markdown(table, ctx),
                              key="leaderboard-summary",
-                             description="Leaderboard (mean ± std over folds)")
+                             description="Leaderboard (mean ± std over folds, 95 % "
+                                         "intervals, comparisons with the best model)")
     return {"uris": uris, "rows": rows}

@@ -12,16 +12,16 @@ from tasks.retries import RETRY
 
 @task(
     name="train-fold",
-    task_run_name="train-{model}-fold-{fold}",
+    task_run_name="train-{model}-r{repeat}-fold-{fold}",
     **RETRY,
     # Finished folds are reused from their content-addressed result files
     # (results/<version>/<config-hash>/<model>/fold-<k>.json), which every worker reads.
     cache_policy=NO_CACHE,
 )
 def train_fold_task(dataset_uri: str, model: str, fold: int, config: dict, out: str,
-                    features: dict | None = None) -> dict:
-    """Train and evaluate one model on one fold; return its metrics record.
+                    features: dict | None = None, repeat: int = 0) -> dict:
+    """Train and evaluate one model on one fold of one repeat; return its metrics record.
 
     ``features``: the extraction task's result (cached mode): which features to read."""
     return train_fold(dataset_uri, model, fold, BenchmarkConfig.from_dict(config), out,
-                      features)
+                      features, repeat)

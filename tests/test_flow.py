@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -163,3 +165,38 @@ def test_rerun_after_adding_images_extracts_only_new_ones(prefect_api, tmp_path)
     board = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
     assert (board["dataset_version"] == second["dataset_version"]).all()
     assert (tmp_path / "out" / "results" / first["dataset_version"]).exists()
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_repeated_cv_on_real_samples_costs_no_backbone_pass_and_adds_only_new_folds(
+        shared_data, tmp_path):
+    """Smoke preset with 3 repeats of 3-fold CV on ../shared/data: intervals and comparisons
+    on the board, one extraction per model with the passes of a single repeat; then 4
+    repeats train only the new repeat's folds."""
+    from covid_pipeline import evaluation
+
+    sources = [f"ieee8023={shared_data / 'ieee8023-2020-04'}",
+               f"rsna={shared_data / 'rsna-pneumonia-format'}"]
+    first = run(sources, tmp_path, repeats=3)
+    assert sorted((e["model"], e["backbone_passes"]) for e in first["extraction"]) == [
+        ("ResNet50", 44 * 4), ("VGG16", 44 * 4)]  # 44 images x (3 views + 1): as with R = 1
+    assert first["reused"] == 0 and not first["failures"]
+    board = pd.read_csv(tmp_path / "leaderboard.csv").set_index("model")
+    assert (board["n_folds"] == 9).all() and (board["status"] == "ok").all()
+    for model in board.index:
+        for m in evaluation.CI_METRICS:
+            low, point, high = (board.loc[model, f"{m}_{s}"] for s in
+                                ("ci_low", "pooled", "ci_high"))
+            assert low <= point <= high, (model, m)
+    best = board["rank"].idxmin()
+    assert board.loc[best, "tied_with_best"] and np.isnan(board.loc[best, "auc_p"])
+    other = next(m for m in board.index if m != best)
+    assert 0 <= board.loc[other, "balanced_accuracy_p"] <= 1
+    assert 0 <= board.loc[other, "auc_delong_p"] <= 1
+    repeat_dirs = sorted(p.name for p in (Path(first["results"]) / "VGG16").glob("repeat-*"))
+    assert repeat_dirs == ["repeat-1", "repeat-2"]
+
+    second = run(sources, tmp_path, repeats=4)
+    assert second["reused"] == 2 * 3 * 3  # every fold of repeats 0-2
+    assert [e["extracted_images"] for e in second["extraction"]] == [0, 0]
+    assert (pd.read_csv(tmp_path / "leaderboard.csv")["n_folds"] == 12).all()

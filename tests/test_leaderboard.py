@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from covid_pipeline import leaderboard as lb
@@ -62,3 +63,55 @@ def test_rows_state_the_feature_precision_and_weights_digest(tmp_path):
     md = lb.to_markdown(table.reset_index(), CTX)
     assert f"| float32 | {digest[:12]} | ok |" in md
     assert "| float32,mixed_float16 | random | ok |" in md
+
+
+def synthetic_run(quality: dict[str, float], folds: int = 5, n: int = 100, seed: int = 0):
+    """Records and pooled predictions of models whose scores separate classes by
+    ``quality`` (0: chance), on the same images, folds and patients (2 images each)."""
+    rng = np.random.default_rng(seed)
+    labels = np.array([1, 0] * (n // 2))
+    patients = [f"p{i // 2 if labels[i] else 1000 + i}" for i in range(n)]  # COVID pairs
+    fold = np.arange(n) % folds
+    records, frames = [], []
+    for model, q in quality.items():
+        prob = np.clip(0.5 + q * (labels - 0.5) + rng.normal(0, 0.25, n), 0, 1)
+        frames.append(pd.DataFrame({"model": model, "fold": fold, "image_id": np.arange(n)
+                                    .astype(str), "label": labels, "prob_covid": prob,
+                                    "patient_id": patients}))
+        for k in range(folds):
+            m = fold == k
+            records.append({"model": model, "fold": k, "n_test": int(m.sum()),
+                            "metrics": fold_metrics(labels[m], prob[m]),
+                            "timing": {"train_seconds": 1.0}})
+    return records, pd.concat(frames, ignore_index=True)
+
+
+def test_intervals_and_comparisons_with_the_best_model(tmp_path):
+    from covid_pipeline import evaluation
+
+    ctx = lb.LeaderboardContext("v", "patient", {"COVID-19": 50, "normal": 50}, "c", "t", 5,
+                                {}, bootstrap_resamples=300, alpha=0.05, seed=1)
+    records, preds = synthetic_run({"Strong": 0.8, "AlsoStrong": 0.78, "Weak": 0.1})
+    table = lb.build(records, {}, ["Strong", "AlsoStrong", "Weak"], ctx, preds).set_index(
+        "model")
+    assert list(table.index) == ["Strong", "AlsoStrong", "Weak"]
+    for model in table.index:
+        for m in evaluation.CI_METRICS:
+            low, point, high = (table.loc[model, f"{m}_{s}"] for s in
+                                ("ci_low", "pooled", "ci_high"))
+            assert low <= point <= high, (model, m)
+    assert np.isnan(table.loc["Strong", "auc_p"]) and table.loc["Strong", "tied_with_best"]
+    assert table.loc["AlsoStrong", "tied_with_best"]
+    assert not table.loc["Weak", "tied_with_best"]
+    assert table.loc["Weak", "auc_delong_p"] < 0.05 and table.loc["Weak", "auc_p"] < 0.05
+    # Holm over the two comparisons: the corrected p is at least the raw one
+    raw = lb._delong(lb._oof(preds[preds.model == "Strong"]),
+                     lb._oof(preds[preds.model == "AlsoStrong"]))
+    assert table.loc["AlsoStrong", "auc_delong_p"] >= raw
+
+    md = lb.to_markdown(table.reset_index(), ctx)
+    assert ("**1 of the other 2 models is not distinguishable from Strong at α = 0.05**: "
+            "AlsoStrong") in md
+    assert "| 2 | AlsoStrong |" in md and " ✓ |" in md
+    png = lb.to_png(table.reset_index(), ctx)
+    assert png[:4] == b"\x89PNG"

@@ -111,7 +111,7 @@ def test_bad_input(y, p, match: str) -> None:
         fold_metrics(y, p)
 
 
-def test_summarise_means_and_population_std() -> None:
+def test_summarise_means_and_sample_std() -> None:
     rng = np.random.default_rng(7)
     folds = []
     for _ in range(5):
@@ -122,7 +122,7 @@ def test_summarise_means_and_population_std() -> None:
     for name in METRIC_NAMES:
         values = np.array([f[name] for f in folds])
         assert summary[f"{name}_mean"] == pytest.approx(values.mean())
-        assert summary[f"{name}_std"] == pytest.approx(values.std(ddof=0))
+        assert summary[f"{name}_std"] == pytest.approx(values.std(ddof=1))
 
 
 def test_summarise_skips_undefined_auc() -> None:
@@ -134,7 +134,7 @@ def test_summarise_skips_undefined_auc() -> None:
     ]
     summary = summarise(folds)
     assert summary["auc_mean"] == pytest.approx(0.875)
-    assert summary["auc_std"] == pytest.approx(0.125)
+    assert summary["auc_std"] == pytest.approx(np.std([1.0, 0.75], ddof=1))
     assert summary["n_folds"] == 4
     assert summary["accuracy_mean"] == pytest.approx(np.mean([f["accuracy"] for f in folds]))
 
@@ -142,7 +142,7 @@ def test_summarise_skips_undefined_auc() -> None:
 def test_summarise_never_nan() -> None:
     summary = summarise([fold_metrics([1, 1], [0.9, 0.1])])
     assert summary["auc_mean"] is None and summary["auc_std"] is None
-    assert summary["accuracy_std"] == 0.0
+    assert summary["accuracy_std"] is None  # one fold: no sample std
     empty = summarise([])
     assert empty["n_folds"] == 0 and empty["f1_mean"] is None
     assert set(empty) == {f"{m}_{s}" for m in METRIC_NAMES for s in ("mean", "std")} | {"n_folds"}

@@ -1,0 +1,166 @@
+"""Which differences on the leaderboard are real: intervals and tests.
+
+- :func:`bootstrap_intervals`: percentile intervals of metrics of pooled out-of-fold
+  predictions by a seeded cluster bootstrap that resamples *patients* (all images of a
+  patient move together), stratified by class.
+- :func:`corrected_ttest`: Nadeau and Bengio's corrected resampled t-test on per-fold score
+  differences (the folds' training sets overlap, which the plain t-test ignores).
+- :func:`delong_test`: DeLong's test for two correlated ROC AUCs on the same images (the
+  fast midrank algorithm of Sun and Xu, 2014).
+- :func:`holm`: Holm's step-down correction (statsmodels).
+
+No maintained Python library offers the first three for this use, so they are written here
+and checked against slow direct implementations and published formulas in the tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from scipy import stats
+from statsmodels.stats.multitest import multipletests
+
+from covid_pipeline.metrics import fold_metrics
+
+CI_METRICS: tuple[str, ...] = ("auc", "balanced_accuracy", "sensitivity", "specificity", "f1")
+
+
+def pooled_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
+    """The CI metrics of one set of predictions (scikit-learn's, through fold_metrics)."""
+    values = fold_metrics(labels, probs)
+    return {m: values[m] for m in CI_METRICS}
+
+
+def fast_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
+    """:func:`pooled_metrics` in a few NumPy operations, for the bootstrap's thousands of
+    resamples (scikit-learn's per-call checks cost ~50x more); tests/test_evaluation.py
+    holds it equal to scikit-learn. The same threshold (p > 0.5) and zero_division=0."""
+    y = np.asarray(labels) == 1
+    p = np.asarray(probs, dtype=np.float64)
+    pred = p > 0.5
+    tp, fn = int(np.sum(pred & y)), int(np.sum(~pred & y))
+    fp, tn = int(np.sum(pred & ~y)), int(np.sum(~pred & ~y))
+    sens = tp / (tp + fn) if tp + fn else 0.0
+    spec = tn / (tn + fp) if tn + fp else 0.0
+    present = [r for r, count in ((sens, tp + fn), (spec, tn + fp)) if count]
+    m, n = tp + fn, tn + fp
+    auc = None
+    if m and n:  # Mann-Whitney: ties count one half
+        auc = float((stats.rankdata(p)[y].sum() - m * (m + 1) / 2) / (m * n))
+    return {"auc": auc, "balanced_accuracy": float(np.mean(present)), "sensitivity": sens,
+            "specificity": spec, "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0}
+
+
+def patient_resamples(groups: Sequence[str], labels: np.ndarray, n_resamples: int,
+                      seed: int) -> list[np.ndarray]:
+    """Image indices of each bootstrap resample: per class, as many patients as the class
+    has, drawn with replacement; a drawn patient brings all of its images."""
+    groups = np.asarray(groups).astype(str)
+    labels = np.asarray(labels)
+    patients, inverse = np.unique(groups, return_inverse=True)
+    images = [np.flatnonzero(inverse == i) for i in range(len(patients))]
+    # a patient's class: its images' label (the larger one if a patient has both)
+    patient_class = np.array([labels[idx].max() for idx in images])
+    by_class = [np.flatnonzero(patient_class == c) for c in np.unique(patient_class)]
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_resamples):
+        drawn = np.concatenate([rng.choice(members, size=len(members), replace=True)
+                                for members in by_class])
+        out.append(np.concatenate([images[p] for p in drawn]))
+    return out
+
+
+def bootstrap_intervals(labels: np.ndarray, probs: np.ndarray, groups: Sequence[str],
+                        n_resamples: int = 2000, seed: int = 0, level: float = 0.95,
+                        statistic: Callable[[np.ndarray, np.ndarray], dict] = fast_metrics,
+                        ) -> dict[str, tuple[float, float] | None]:
+    """Percentile interval of each metric over patient-level resamples.
+
+    ``probs`` may be [N] or [R, N] (R repeats of cross-validation predicting the same N
+    images): a resample's metric is then the mean over repeats, as is the point estimate.
+    """
+    labels = np.asarray(labels)
+    probs = np.atleast_2d(np.asarray(probs, dtype=np.float64))
+    draws: dict[str, list[float]] = {}
+    for idx in patient_resamples(groups, labels, n_resamples, seed):
+        per_repeat = [statistic(labels[idx], row[idx]) for row in probs]
+        for name in per_repeat[0]:
+            values = [r[name] for r in per_repeat if r[name] is not None]
+            if values:
+                draws.setdefault(name, []).append(float(np.mean(values)))
+    tail = 100 * (1 - level) / 2
+    return {name: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail)))
+            if v else None for name, v in draws.items()}
+
+
+def point_estimates(labels: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
+    """The metrics of the pooled predictions (mean over repeats for [R, N] ``probs``)."""
+    per_repeat = [pooled_metrics(np.asarray(labels), row)
+                  for row in np.atleast_2d(np.asarray(probs, dtype=np.float64))]
+    out: dict[str, float | None] = {}
+    for name in CI_METRICS:
+        values = [r[name] for r in per_repeat if r[name] is not None]
+        out[name] = float(np.mean(values)) if values else None
+    return out
+
+
+def corrected_ttest(differences: Sequence[float], n_train: float, n_test: float
+                    ) -> tuple[float, float]:
+    """(t, two-sided p) of the Nadeau–Bengio corrected resampled t-test.
+
+    ``differences`` are the k·R per-fold score differences of two models on the same
+    folds; the variance of their mean is corrected by ``1/(k·R) + n_test/n_train`` and
+    the statistic has k·R − 1 degrees of freedom.
+    """
+    d = np.asarray(differences, dtype=np.float64)
+    kr = d.size
+    if kr < 2:
+        return float("nan"), float("nan")
+    mean, var = float(d.mean()), float(d.var(ddof=1))
+    if var == 0.0:
+        return (0.0, 1.0) if mean == 0.0 else (float(np.sign(mean) * np.inf), 0.0)
+    t = mean / np.sqrt(var * (1.0 / kr + n_test / n_train))
+    return float(t), float(2 * stats.t.sf(abs(t), kr - 1))
+
+
+def _midranks(x: np.ndarray) -> np.ndarray:
+    return stats.rankdata(x, method="average")
+
+
+def delong_test(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray
+                ) -> tuple[float, float, float, float]:
+    """(AUC a, AUC b, z, two-sided p) of DeLong's test for paired ROC AUCs.
+
+    Ties count one half, as in the AUC itself. When the two models' AUC difference has no
+    variance (identical rankings), z is 0 and p is 1.
+    """
+    y = np.asarray(labels).astype(bool)
+    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+    m, n = len(pos), len(neg)
+    if m == 0 or n == 0:
+        return float("nan"), float("nan"), float("nan"), float("nan")
+    aucs, v10, v01 = [], [], []
+    for p in (np.asarray(probs_a, float), np.asarray(probs_b, float)):
+        tx, ty, tz = _midranks(p[pos]), _midranks(p[neg]), _midranks(p[np.r_[pos, neg]])
+        aucs.append((tz[:m].sum() - m * (m + 1) / 2) / (m * n))
+        v10.append((tz[:m] - tx) / n)  # structural components of the positives
+        v01.append(1.0 - (tz[m:] - ty) / m)  # and of the negatives
+    s10, s01 = np.cov(np.array(v10)), np.cov(np.array(v01))
+    var = (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / m + (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / n
+    diff = aucs[0] - aucs[1]
+    if var <= 1e-15:
+        return float(aucs[0]), float(aucs[1]), 0.0, 1.0 if abs(diff) < 1e-12 else 0.0
+    z = diff / np.sqrt(var)
+    return float(aucs[0]), float(aucs[1]), float(z), float(2 * stats.norm.sf(abs(z)))
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-corrected p-values (statsmodels ``multipletests(method="holm")``); NaN stays."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = ~np.isnan(p)
+    if ok.any():
+        out[ok] = multipletests(p[ok], method="holm")[1]
+    return out.tolist()
