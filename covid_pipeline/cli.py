@@ -17,7 +17,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 
-from covid_pipeline import weights, zoo
+from covid_pipeline import confounds, weights, zoo
 from covid_pipeline.config import (
     DATA_FIELDS,
     DataSettings,
@@ -93,6 +93,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     print(f"dataset version: {info.version}")
     print(f"dataset uri: {info.uri}")
     print(format_report(report))
+    for warning in confounds.write_report(info.uri, info.version)["warnings"]:
+        print(f"confound: {warning}")
     return 0
 
 

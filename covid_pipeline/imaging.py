@@ -38,6 +38,10 @@ class DecodedImage:
     sex: str | None = None
     age: float | None = None
     patient_id: str | None = None
+    # acquisition facts (the confound report): file format, native bit depth, colour mode
+    file_format: str = "unknown"  # dicom, png, jpeg, ...
+    bit_depth: int = 8
+    colour_mode: str = "grey"  # grey, rgb, rgba, palette
 
 
 def is_dicom(data: bytes) -> bool:
@@ -55,7 +59,21 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
     return np.round((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
-def _decode_raster(data: bytes) -> np.ndarray:
+COLOUR_MODES = {"L": "grey", "I;16": "grey", "I;16B": "grey", "I;16L": "grey", "I": "grey",
+                "F": "grey", "1": "grey", "LA": "grey+alpha", "RGB": "rgb", "RGBA": "rgba",
+                "P": "palette", "PA": "palette", "CMYK": "cmyk", "YCbCr": "rgb"}
+
+
+def _raster_facts(img: Image.Image) -> tuple[str, int, str]:
+    """(format, native bit depth, colour mode) of a PIL image as its file stores it."""
+    mode = img.mode
+    depth = 16 if mode.startswith("I;16") or mode in ("I", "F") else 8
+    if mode in ("I", "F") and img.format == "PNG":
+        depth = 16  # PIL opens 16-bit PNGs as I
+    return (img.format or "unknown").lower(), depth, COLOUR_MODES.get(mode, mode.lower())
+
+
+def _decode_raster(data: bytes) -> tuple[np.ndarray, tuple[str, int, str]]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -72,7 +90,7 @@ def _decode_raster(data: bytes) -> np.ndarray:
         raise ImageRejected("not_an_image", "not a PNG, JPEG or DICOM file") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageRejected("corrupt", str(exc)) from exc
-    return raster_to_grey(img)
+    return raster_to_grey(img), _raster_facts(img)
 
 
 def raster_to_grey(img: Image.Image) -> np.ndarray:
@@ -118,7 +136,10 @@ def _decode_dicom(data: bytes) -> DecodedImage:
     sex = str(ds.get("PatientSex", "") or "") or None
     view = str(ds.get("ViewPosition", "") or "") or None
     patient = str(ds.get("PatientID", "") or "") or None
-    return DecodedImage(pixels, pixels.shape[1], pixels.shape[0], view, sex, age, patient)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    return DecodedImage(pixels, pixels.shape[1], pixels.shape[0], view, sex, age, patient,
+                        "dicom", int(ds.get("BitsStored", 8) or 8),
+                        "grey" if samples == 1 else "rgb")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -162,8 +183,9 @@ def decode(data: bytes) -> DecodedImage:
         if is_dicom(data):
             img = _decode_dicom(data)
         else:
-            pixels = _decode_raster(data)
-            img = DecodedImage(pixels, pixels.shape[1], pixels.shape[0])
+            pixels, (fmt, depth, colour) = _decode_raster(data)
+            img = DecodedImage(pixels, pixels.shape[1], pixels.shape[0], file_format=fmt,
+                               bit_depth=depth, colour_mode=colour)
     except ImageRejected:
         raise
     except Exception as exc:  # noqa: BLE001 - damaged headers make decoders raise anything

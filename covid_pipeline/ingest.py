@@ -80,6 +80,10 @@ def _read_one(cand: Candidate, out: str, size: int) -> dict | Rejected:
         "sha256": sha,
         "width": img.width,
         "height": img.height,
+        "file_format": img.file_format,
+        "bit_depth": img.bit_depth,
+        "colour_mode": img.colour_mode,
+        "file_size": len(data),
     }
 
 

@@ -6,7 +6,7 @@
       cache/png-<size>/<sha[:2]>/<sha256>.png      normalised images, by content
       staging/<step>-<hash>/{manifest,quarantine}.parquet, report.json
       datasets/<version>/                          one dataset version (see shards.py)
-        manifest.parquet, quarantine.parquet, dataset.json
+        manifest.parquet, quarantine.parquet, dataset.json, confounds.{json,md}
         images/fold-<k>.parquet, tfrecords/fold-<k>.tfrecord
       features/<model>/<settings-hash>/<sha[:2]>/<sha256>.npy
       results/<version>/<config-hash>/
@@ -60,6 +60,11 @@ def dataset_quarantine(dataset_uri: str) -> str:
 
 def dataset_meta(dataset_uri: str) -> str:
     return join(dataset_uri, "dataset.json")
+
+
+def confounds(dataset_uri: str, ext: str) -> str:
+    """``confounds.json`` / ``confounds.md``: the dataset version's confound report."""
+    return join(dataset_uri, f"confounds.{ext}")
 
 
 def fold_tfrecord(dataset_uri: str, fold: int) -> str:

@@ -37,6 +37,7 @@ class LeaderboardContext:
     bootstrap_resamples: int = 2000
     alpha: float = 0.05
     seed: int = 42
+    warnings: tuple[str, ...] = ()  # the dataset's confound warnings, stated on top
 
 
 COMPARED = ("balanced_accuracy", "auc")  # fold scores compared with the best model's
@@ -235,6 +236,9 @@ def to_markdown(df: pd.DataFrame, ctx: LeaderboardContext) -> str:
         "weights file's sha256 (`random`: seeded random initialisation).",
         "",
     ]
+    lines += [f"> **Warning:** {w}." for w in ctx.warnings]
+    if ctx.warnings:
+        lines += ["> See `confounds.md` beside the dataset's manifest.", ""]
     tier = top_tier(df, ctx)
     if tier:
         lines += [tier, ""]

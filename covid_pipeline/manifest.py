@@ -22,6 +22,11 @@ MANIFEST_COLUMNS = [
     "sha256",
     "width",
     "height",
+    # acquisition facts, for the confound report and the acquisition-only baseline
+    "file_format",
+    "bit_depth",
+    "colour_mode",
+    "file_size",
 ]
 QUARANTINE_COLUMNS = ["source", "image_id", "uri", "reason", "detail"]
 
@@ -69,8 +74,11 @@ def manifest_frame(rows: list[dict]) -> pd.DataFrame:
     df["label"] = df["label"].astype("int64")
     df["width"] = df["width"].astype("int64")
     df["height"] = df["height"].astype("int64")
+    df["bit_depth"] = df["bit_depth"].astype("int64")
+    df["file_size"] = df["file_size"].astype("int64")
     df["age"] = pd.to_numeric(df["age"], errors="coerce").astype("float64")
-    for col in ("image_id", "patient_id", "label_name", "source", "view", "sex", "uri", "sha256"):
+    for col in ("image_id", "patient_id", "label_name", "source", "view", "sex", "uri", "sha256",
+                "file_format", "colour_mode"):
         df[col] = df[col].astype("string")
     return df
 

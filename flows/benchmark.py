@@ -27,7 +27,7 @@ from covid_pipeline.leaderboard import LeaderboardContext
 from covid_pipeline.sources import parse_source
 from covid_pipeline.training import results_root, write_resolved_config
 from flows import credentials
-from tasks.data import balance_and_folds, ingest_sources, write_shards
+from tasks.data import balance_and_folds, confound_report, ingest_sources, write_shards
 from tasks.features import extract_features_task
 from tasks.report import aggregate
 from tasks.training import train_fold_task
@@ -195,6 +195,9 @@ def covid_benchmark(
     shards = write_shards(staged, out, data)
     dataset = shards["dataset"]
     logger.info("dataset %s: %s", dataset["version"], dataset["counts"])
+    warnings = confound_report(dataset["uri"], dataset["version"])
+    for text in warnings:
+        logger.warning("confound: %s", text)
 
     write_resolved_config(out, dataset["version"], cfg)
     runner = (ThreadPoolTaskRunner(max_workers=1) if spec.threads
@@ -210,7 +213,7 @@ def covid_benchmark(
         n_folds=cfg.folds, repeats=cfg.repeats,
         input_sizes={m: cfg.input_size or zoo.get(m).input_size for m in cfg.models},
         dataset_uri=dataset["uri"], bootstrap_resamples=cfg.bootstrap_resamples,
-        alpha=cfg.alpha, seed=cfg.seed,
+        alpha=cfg.alpha, seed=cfg.seed, warnings=tuple(warnings),
     )
     folders = [results_root(out, dataset["version"], cfg), out]
     board = aggregate(trained["records"], trained["failures"], list(cfg.models),

@@ -131,6 +131,13 @@ def test_acceptance_real_samples_smoke_preset_held_out_patients(shared_data, tmp
     board = pd.read_csv(tmp_path / "leaderboard.csv")
     assert sorted(board["model"]) == ["ResNet50", "VGG16"] and (board["status"] == "ok").all()
     assert (board["n_covid19"] == 22).all() and (board["n_normal"] == 22).all()
+    # the confounding of the study's data is stated on the board and as an artifact
+    warning = ("> **Warning:** every COVID-19 image comes from ieee8023 and every normal image "
+               "comes from rsna: a model can score perfectly by telling the sources apart.")
+    assert warning in (tmp_path / "leaderboard.md").read_text()
+    artifact = [a for a in read_artifact("confounds")
+                if str(a.flow_run_id) == result["flow_run_id"]]
+    assert artifact and "telling the sources apart" in artifact[0].data
 
     dataset = storage.join(str(tmp_path), "datasets", result["dataset_version"])
     manifest = read_parquet(storage.join(dataset, "manifest.parquet")).set_index("image_id")

@@ -111,3 +111,23 @@ def test_dicom_without_pixel_data():
     with pytest.raises(imaging.ImageRejected) as err:
         imaging.decode(buf.getvalue())
     assert err.value.reason == "no_pixel_data"
+
+
+def test_decoding_records_the_acquisition_facts():
+    """Format, native bit depth and colour mode as the file stores them (the confound
+    report and the acquisition-only baseline read them from the manifest)."""
+    px = grey(80, 90)
+    rgb = np.stack([px] * 3, axis=-1)
+    buf = io.BytesIO()
+    Image.fromarray(px.astype(np.uint16) * 257).save(buf, format="PNG")
+    cases = {
+        "grey png": (png_bytes(px), ("png", 8, "grey")),
+        "rgb jpeg": (jpeg_bytes(rgb), ("jpeg", 8, "rgb")),
+        "rgba png": (png_bytes(np.dstack([rgb, px])), ("png", 8, "rgba")),
+        "16-bit png": (buf.getvalue(), ("png", 16, "grey")),
+        "dicom": (dicom_bytes(chest_image(np.random.default_rng(0), (80, 80), covid=False),
+                              "P9"), ("dicom", 8, "grey")),
+    }
+    for name, (data, expected) in cases.items():
+        img = imaging.decode(data)
+        assert (img.file_format, img.bit_depth, img.colour_mode) == expected, name
