@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from covid_pipeline import evaluation, layout, storage, zoo
+from covid_pipeline.baseline import NAME as BASELINE
 from covid_pipeline.evaluation import CI_METRICS
 from covid_pipeline.metrics import METRICS, summarise
 from covid_pipeline.shards import read_parquet
@@ -220,6 +221,23 @@ def top_tier(df: pd.DataFrame, ctx: LeaderboardContext) -> str | None:
             "on fold balanced accuracy and AUC, and DeLong on the pooled AUC).")
 
 
+def baseline_note(df: pd.DataFrame) -> str | None:
+    """What the acquisition-only baseline's place says, when it reaches the top tier."""
+    rows = df[df["model"] == BASELINE]
+    if rows.empty or pd.isna(rows["rank"].iloc[0]):
+        return None
+    row = rows.iloc[0]
+    if int(row["rank"]) == 1:
+        where = "ranks first"
+    elif _true(row.get("tied_with_best")):
+        where = "is not distinguishable from the best model"
+    else:
+        return None
+    return (f"> **The {BASELINE} {where}**: a logistic regression on file format, size, bit "
+            "depth, colour mode and an intensity histogram does as well as the CNNs, whose "
+            "scores may then come from the acquisition, not the disease.")
+
+
 def to_markdown(df: pd.DataFrame, ctx: LeaderboardContext) -> str:
     counts = ", ".join(f"{k} {v}" for k, v in sorted(ctx.class_counts.items()))
     lines = [
@@ -242,6 +260,9 @@ def to_markdown(df: pd.DataFrame, ctx: LeaderboardContext) -> str:
     tier = top_tier(df, ctx)
     if tier:
         lines += [tier, ""]
+    baseline = baseline_note(df)
+    if baseline:
+        lines += [baseline, ""]
     lines += [
         "| rank | model | input | balanced acc. | AUC | sensitivity | specificity | F1 "
         "| p (BA / AUC / DeLong) | tier | precision | weights | status |",

@@ -21,6 +21,7 @@ from prefect_dask import DaskTaskRunner
 
 from covid_pipeline import cluster as clusters
 from covid_pipeline import weights, zoo
+from covid_pipeline.baseline import NAME as BASELINE
 from covid_pipeline.config import BenchmarkConfig, load_preset, resolve_config, with_overrides
 from covid_pipeline.features import needed_views
 from covid_pipeline.leaderboard import LeaderboardContext
@@ -30,7 +31,7 @@ from flows import credentials
 from tasks.data import balance_and_folds, confound_report, ingest_sources, write_shards
 from tasks.features import extract_features_task
 from tasks.report import aggregate
-from tasks.training import train_fold_task
+from tasks.training import train_baseline_task, train_fold_task
 
 MAX_ERROR = 300
 
@@ -207,6 +208,8 @@ def covid_benchmark(
         dataset["uri"], cfg.as_dict(), out, n_images, n_workers, n_gpus > 0
     )
 
+    # the acquisition-only baseline on the same folds, ranked with the models
+    baseline = train_baseline_task(dataset["uri"], cfg.as_dict(), out)
     context = LeaderboardContext(
         dataset_version=dataset["version"], group_by=cfg.group_by,
         class_counts=dataset["counts"], config_hash=cfg.config_hash(), preset=cfg.name,
@@ -216,8 +219,8 @@ def covid_benchmark(
         alpha=cfg.alpha, seed=cfg.seed, warnings=tuple(warnings),
     )
     folders = [results_root(out, dataset["version"], cfg), out]
-    board = aggregate(trained["records"], trained["failures"], list(cfg.models),
-                      context.__dict__, folders)
+    board = aggregate(trained["records"] + baseline, trained["failures"],
+                      [*cfg.models, BASELINE], context.__dict__, folders)
     return {
         "flow_run_id": str(flow_run.id),
         "dataset_version": dataset["version"],

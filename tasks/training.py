@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from covid_pipeline.baseline import train_baseline
 from covid_pipeline.config import BenchmarkConfig
 from covid_pipeline.training import train_fold
 from tasks.retries import RETRY
@@ -25,3 +26,9 @@ def train_fold_task(dataset_uri: str, model: str, fold: int, config: dict, out: 
     ``features``: the extraction task's result (cached mode): which features to read."""
     return train_fold(dataset_uri, model, fold, BenchmarkConfig.from_dict(config), out,
                       features, repeat)
+
+
+@task(name="acquisition-baseline", **RETRY, cache_policy=NO_CACHE)
+def train_baseline_task(dataset_uri: str, config: dict, out: str) -> list[dict]:
+    """The acquisition-only baseline on every fold (a logistic regression: seconds)."""
+    return train_baseline(dataset_uri, BenchmarkConfig.from_dict(config), out)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from boards import cnn_rows
 
 from covid_pipeline import storage
 from covid_pipeline.metrics import METRICS
@@ -204,7 +205,7 @@ def test_two_benchmark_runs_at_once_share_features_and_results(prefect_api, synt
         record = json.loads(f.read_text())
         assert record["model"] == "ResNet50" and set(record["metrics"]) >= set(METRICS)
         assert storage.exists(record["predictions_uri"])
-    board = pd.read_csv(out / "leaderboard.csv")
+    board = cnn_rows(pd.read_csv(out / "leaderboard.csv"))
     assert list(board["model"]) == ["ResNet50"]
     assert board.loc[0, "status"] == "ok" and board.loc[0, "n_folds"] == 3
     assert temp_litter(out) == []

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from boards import cnn_rows
 from daskutil import ROOT, dask_processes
 
 pytestmark = [pytest.mark.slow, pytest.mark.flow, pytest.mark.cluster]
@@ -139,6 +140,6 @@ def test_flow_runs_on_a_tls_cluster_that_refuses_clients_without_a_certificate(
          "--source", f"rsna={synth_root / 'rsna'}"],
         capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
-    board = pd.read_csv(out / "leaderboard.csv")
+    board = cnn_rows(pd.read_csv(out / "leaderboard.csv"))
     assert list(board["model"]) == ["VGG16"] and list(board["status"]) == ["ok"]
     assert (board["n_folds"] == 2).all()

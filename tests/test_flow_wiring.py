@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from boards import cnn_rows
 
 from covid_pipeline.config import BenchmarkConfig, load_config, resolve_config
 
@@ -41,7 +42,7 @@ def test_flow_on_the_thread_runner_writes_the_board_and_the_resolved_config(
                          image_size=64, weights="none")
     result = covid_benchmark(sources=[f"ieee8023={data.ieee8023}", f"rsna={data.rsna}"],
                              out=str(tmp_path / "out"), config=cfg, cluster="threads")
-    board = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
+    board = cnn_rows(pd.read_csv(tmp_path / "out" / "leaderboard.csv"))
     assert list(board["model"]) == ["VGG16"] and list(board["status"]) == ["ok"]
     assert result["config_hash"] == cfg.config_hash() == board.loc[0, "config_hash"]
     written = load_config(f"{result['results']}/config.yaml")
@@ -74,7 +75,7 @@ def test_a_deployment_made_before_config_keeps_working(prefect_api, tmp_path):
     result = covid_benchmark(**stored)
     expected = resolve_config("smoke", tiny, weights="none")
     assert result["config_hash"] == expected.config_hash()
-    assert list(pd.read_csv(tmp_path / "out" / "leaderboard.csv")["status"]) == ["ok"]
+    assert list(cnn_rows(pd.read_csv(tmp_path / "out" / "leaderboard.csv"))["status"]) == ["ok"]
 
 
 def test_unknown_parameters_of_a_stored_deployment_are_refused():

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from boards import cnn_rows
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from covid_pipeline.metrics import METRICS
@@ -43,7 +44,7 @@ def fold_files(out: Path) -> list[Path]:
 
 
 def leaderboard(out: Path) -> pd.DataFrame:
-    board = pd.read_csv(out / "leaderboard.csv")
+    board = cnn_rows(pd.read_csv(out / "leaderboard.csv"))
     return board[METRIC_COLUMNS].sort_values("model").reset_index(drop=True)
 
 
@@ -193,6 +194,6 @@ def test_sigkilled_dask_worker_mid_training_loses_nothing(prefect_api, synth_roo
     expected = {(m, k) for m in MODELS for k in range(3)}
     assert {(p.parent.name, int(p.stem.split("-")[1])) for p in files} == expected
     assert len(files) == len(expected)
-    board = pd.read_csv(out / "leaderboard.csv")
+    board = cnn_rows(pd.read_csv(out / "leaderboard.csv"))
     assert sorted(board["model"]) == sorted(MODELS)
     assert (board["status"] == "ok").all() and (board["n_folds"] == 3).all()

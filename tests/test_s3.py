@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from boards import cnn_rows
 from netutil import free_port
 
 from covid_pipeline.config import resolve_config
@@ -101,7 +102,7 @@ def test_smoke_flow_with_sources_and_output_on_s3(s3, prefect_api):
         out=f"s3://{BUCKET}/bench", config=SMOKE_VGG16, cluster="local", workers=1,
         return_state=True)
     result = state.result()
-    board = pd.read_csv(io.BytesIO(s3.cat_file(f"{BUCKET}/bench/leaderboard.csv")))
+    board = cnn_rows(pd.read_csv(io.BytesIO(s3.cat_file(f"{BUCKET}/bench/leaderboard.csv"))))
     assert list(board["model"]) == ["VGG16"] and list(board["status"]) == ["ok"]
     assert result["leaderboard"]["csv"].startswith("s3://")
     secret = os.environ["AWS_SECRET_ACCESS_KEY"]
@@ -161,7 +162,7 @@ def test_flow_takes_credentials_from_a_prefect_secret_block(s3, prefect_api, mon
         out=f"s3://{BUCKET}/from-block", config=SMOKE_VGG16, cluster="local", workers=1,
         credentials_block="secret/moto-s3")
     assert result["leaderboard"]["csv"].startswith(f"s3://{BUCKET}/from-block/")
-    board = pd.read_csv(io.BytesIO(s3.cat_file(f"{BUCKET}/from-block/leaderboard.csv")))
+    board = cnn_rows(pd.read_csv(io.BytesIO(s3.cat_file(f"{BUCKET}/from-block/leaderboard.csv"))))
     assert list(board["status"]) == ["ok"]
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 

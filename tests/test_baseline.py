@@ -1,0 +1,55 @@
+"""The acquisition-only baseline: acquisition facts only, the same folds, the same metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from covid_pipeline import baseline
+from covid_pipeline import leaderboard as lb
+from covid_pipeline.config import DataSettings, resolve_config
+from covid_pipeline.dataset import prepare
+from covid_pipeline.shards import read_parquet
+from covid_pipeline.sources import SourceSpec
+
+
+def test_baseline_on_the_real_samples_tells_the_sources_apart(shared_data, tmp_path):
+    """On the study's data the file format alone separates the classes: the baseline,
+    which never sees a lung, scores like a perfect classifier on the same folds."""
+    info, _ = prepare([SourceSpec("ieee8023", str(shared_data / "ieee8023-2020-04")),
+                       SourceSpec("rsna", str(shared_data / "rsna-pneumonia-format"))],
+                      str(tmp_path), DataSettings(folds=3, image_size=64))
+    cfg = resolve_config("smoke", repeats=2)
+    records = baseline.train_baseline(info.uri, cfg, str(tmp_path))
+    assert sorted((r["repeat"], r["fold"]) for r in records) == [(r, k) for r in (0, 1)
+                                                                 for k in range(3)]
+    manifest = read_parquet(info.manifest_uri).set_index("image_id")
+    for r in records:
+        preds = pd.read_parquet(r["predictions_uri"])
+        assert len(preds) == r["n_test"] and set(preds["model"]) == {baseline.NAME}
+        if r["repeat"] == 0:  # repeat 0 tests exactly the dataset's fold
+            assert (manifest.loc[preds["image_id"], "fold"] == r["fold"]).all()
+    assert np.mean([r["metrics"]["auc"] for r in records]) > 0.95
+    features = baseline.acquisition_features(
+        read_parquet(info.manifest_uri), baseline.normalised_pixels(info))
+    assert len(features.columns) == 5 + 6 + baseline.HISTOGRAM_BINS  # nothing else
+
+
+def test_the_board_says_when_the_baseline_reaches_the_top_tier():
+    ctx = lb.LeaderboardContext("v", "patient", {"COVID-19": 2, "normal": 2}, "c", "t", 2, {})
+
+    def rec(model, fold, probs):
+        from covid_pipeline.metrics import fold_metrics
+
+        return {"model": model, "fold": fold, "n_test": 4, "timing": {"train_seconds": 0},
+                "metrics": fold_metrics([1, 1, 0, 0], probs)}
+
+    records = [rec(baseline.NAME, k, [0.9, 0.8, 0.1, 0.2]) for k in (0, 1)]
+    records += [rec("VGG16", k, [0.9, 0.4, 0.6, 0.2]) for k in (0, 1)]
+    table = lb.build(records, {}, ["VGG16", baseline.NAME], ctx)
+    assert table.loc[0, "model"] == baseline.NAME
+    md = lb.to_markdown(table, ctx)
+    assert f"**The {baseline.NAME} ranks first**" in md
+    records = [rec(baseline.NAME, k, [0.1, 0.2, 0.8, 0.9]) for k in (0, 1)] + records[2:]
+    assert "acquisition, not the disease" not in lb.to_markdown(
+        lb.build(records, {}, ["VGG16", baseline.NAME], ctx), ctx)
