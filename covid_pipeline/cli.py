@@ -108,6 +108,10 @@ def format_report(report: dict) -> str:
     quarantined = report.get("quarantined") or {}
     lines.append("quarantined: " + (", ".join(f"{k} {v}" for k, v in sorted(quarantined.items()))
                                     or "none"))
+    dups = report.get("near_duplicates")
+    if dups:
+        lines.append(f"near-duplicate groups (copies of one radiograph across patients, kept in "
+                     f"one fold each): {dups['groups']} ({dups['images']} images)")
     bal = report["balance"]
     lines.append(f"balance ({bal['strategy']}): kept "
                  + ", ".join(f"{k} {v}" for k, v in sorted(bal["kept"].items()))

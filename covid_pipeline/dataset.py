@@ -11,7 +11,7 @@ import pandas as pd
 from covid_pipeline import layout, storage
 from covid_pipeline.balance import balance, check_two_classes
 from covid_pipeline.config import DataSettings
-from covid_pipeline.folds import assign_folds, check_enough_units
+from covid_pipeline.folds import assign_folds, check_enough_units, near_duplicates
 from covid_pipeline.ingest import IngestResult, ingest
 from covid_pipeline.shards import (
     DatasetInfo,
@@ -62,6 +62,8 @@ def ingest_step(specs: list[SourceSpec], out: str, settings: DataSettings) -> st
                     precheck=feasible)
     report = report_of(result)
     report["sources"] = [str(s) for s in specs]
+    if settings.group_by == "patient":  # copies of one radiograph share a fold group
+        report["near_duplicates"] = near_duplicates(result.manifest)
     return _stage(out, result.manifest, result.quarantine, report, "ingest")
 
 

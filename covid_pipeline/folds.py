@@ -11,6 +11,50 @@ from covid_pipeline.errors import ConfigError, DataError
 from covid_pipeline.manifest import LABEL_NAMES
 
 GROUPINGS = GROUP_BYS
+# Perceptual hashes (255 bits) of copies of one radiograph differ in a few bits (re-encoding
+# at JPEG quality 60 or a 0.9x resize: at most 8 on ../shared/data, whose RSNA-layout files
+# copied from ieee8023 images: 0 to 14), those of different radiographs in 64 or more.
+NEAR_DUPLICATE_BITS = 24
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def _roots(parent: np.ndarray, i: int) -> int:
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+
+def fold_groups(df: pd.DataFrame, max_bits: int = NEAR_DUPLICATE_BITS) -> np.ndarray:
+    """A group id per row: rows of one patient, and rows whose perceptual hashes differ in at
+    most ``max_bits`` bits (copies of one radiograph), are one group (union-find)."""
+    n = len(df)
+    parent = np.arange(n)
+
+    def union(a: int, b: int) -> None:
+        ra, rb = _roots(parent, a), _roots(parent, b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+
+    for idx in df.reset_index(drop=True).groupby("patient_id", sort=False).indices.values():
+        for j in idx[1:]:
+            union(int(idx[0]), int(j))
+    if "phash" in df and n > 1 and df["phash"].notna().all():
+        bits = np.stack([np.frombuffer(bytes.fromhex(h), dtype=np.uint8)
+                         for h in df["phash"].astype(str)])
+        for i in range(n - 1):
+            distance = _POPCOUNT[bits[i + 1:] ^ bits[i]].sum(axis=1)
+            for j in np.flatnonzero(distance <= max_bits):
+                union(i, i + 1 + int(j))
+    return np.array([_roots(parent, i) for i in range(n)])
+
+
+def near_duplicates(df: pd.DataFrame) -> dict[str, int]:
+    """Groups that join images of more than one patient by their hashes, and their images."""
+    groups = pd.Series(fold_groups(df))
+    patients = df["patient_id"].reset_index(drop=True).groupby(groups).nunique()
+    joined = patients[patients > 1].index
+    return {"groups": int(len(joined)), "images": int(groups.isin(joined).sum())}
 
 
 def assign_folds(df: pd.DataFrame, n_folds: int = 5, group_by: str = "patient",
@@ -25,7 +69,7 @@ def assign_folds(df: pd.DataFrame, n_folds: int = 5, group_by: str = "patient",
     labels = df["label"].to_numpy()
     if group_by == "patient":
         splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-        splits = splitter.split(df, labels, groups=df["patient_id"].to_numpy())
+        splits = splitter.split(df, labels, groups=fold_groups(df))
     else:
         splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         splits = splitter.split(df, labels)

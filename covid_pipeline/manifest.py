@@ -27,6 +27,7 @@ MANIFEST_COLUMNS = [
     "bit_depth",
     "colour_mode",
     "file_size",
+    "phash",  # perceptual hash: re-encoded or resized copies share a fold group
 ]
 QUARANTINE_COLUMNS = ["source", "image_id", "uri", "reason", "detail"]
 
@@ -78,7 +79,7 @@ def manifest_frame(rows: list[dict]) -> pd.DataFrame:
     df["file_size"] = df["file_size"].astype("int64")
     df["age"] = pd.to_numeric(df["age"], errors="coerce").astype("float64")
     for col in ("image_id", "patient_id", "label_name", "source", "view", "sex", "uri", "sha256",
-                "file_format", "colour_mode"):
+                "file_format", "colour_mode", "phash"):
         df[col] = df[col].astype("string")
     return df
 

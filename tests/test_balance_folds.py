@@ -82,3 +82,43 @@ def test_fewer_patients_than_folds_fails_clearly():
     df = manifest(n_pos_patients=3, per_patient=4)
     with pytest.raises(DataError, match="COVID-19 has 3 patients, fewer than --folds 5"):
         assign_folds(df, 5, "patient")
+
+
+def test_reencoded_and_resized_copies_of_one_radiograph_share_a_fold(shared_data):
+    """A JPEG re-encoding and a 0.9x resize of one real radiograph, filed under other
+    patients (as happens in ieee8023), land in the fold of the original, whatever the seed;
+    the other radiographs stay apart."""
+    import io
+
+    from PIL import Image
+
+    from covid_pipeline import imaging
+    from covid_pipeline.folds import assign_folds, fold_groups, near_duplicates
+
+    files = sorted((shared_data / "ieee8023-2020-04" / "images").glob("*.jp*g"))[:12]
+    files += sorted((shared_data / "rsna-pneumonia-format" / "stage_2_train_images").glob(
+        "*.dcm"))[:12]
+    originals = [imaging.decode(f.read_bytes()).pixels for f in files]
+
+    def copy(px, kind):
+        img, buf = Image.fromarray(px), io.BytesIO()
+        if kind == "jpeg":
+            img.save(buf, format="JPEG", quality=60)
+        else:
+            img.resize((int(px.shape[1] * 0.9), int(px.shape[0] * 0.9))).save(buf, format="PNG")
+        return imaging.decode(buf.getvalue()).pixels
+
+    rows = [{"image_id": f"img{i}", "patient_id": f"p{i}", "label": int(i < 12),
+             "phash": imaging.phash(px)} for i, px in enumerate(originals)]
+    rows += [{"image_id": "copy-jpeg", "patient_id": "other-1", "label": 1,
+              "phash": imaging.phash(copy(originals[0], "jpeg"))},
+             {"image_id": "copy-resized", "patient_id": "other-2", "label": 1,
+              "phash": imaging.phash(copy(originals[0], "resize"))}]
+    df = pd.DataFrame(rows)
+    groups = fold_groups(df)
+    assert len({groups[0], groups[-2], groups[-1]}) == 1
+    assert len(set(groups[:24])) >= 23  # other radiographs apart (two may be real copies)
+    assert near_duplicates(df)["images"] >= 3
+    for seed in range(5):
+        folds = assign_folds(df, n_folds=3, seed=seed).set_index("image_id")["fold"]
+        assert folds["copy-jpeg"] == folds["copy-resized"] == folds["img0"]
