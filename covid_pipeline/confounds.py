@@ -28,7 +28,7 @@ FACTS: tuple[tuple[str, str], ...] = (
 # Facts a classifier can see in the pixels or the file (demographics are reported, not
 # warned about: they are confounders of another kind).
 ACQUISITION = ("source", "view", "file_format", "bit_depth", "size_band", "colour_mode")
-NEARLY = 0.95  # a fact that predicts the class for this share of images is a warning
+NEARLY = 0.95  # a fact whose class guess reaches this balanced accuracy is a warning
 
 
 def _bands(values: pd.Series, edges: list[float], labels: list[str]) -> pd.Series:
@@ -53,10 +53,15 @@ def facts_frame(manifest: pd.DataFrame) -> pd.DataFrame:
 
 
 def separability(facts: pd.DataFrame, fact: str) -> float:
-    """Share of images whose class is the majority class of their value of ``fact``: 1.0
-    means the fact alone tells the classes apart."""
+    """Balanced accuracy of guessing the class from ``fact`` alone (each value → the class
+    it is most frequent in, relative to the class's size): 1.0 means the fact tells the
+    classes apart, 0.5 (two classes) that it says nothing, whatever the class sizes."""
     table = pd.crosstab(facts[fact], facts["class"])
-    return float(table.max(axis=1).sum() / table.to_numpy().sum()) if len(table) else 0.0
+    if table.empty:
+        return 0.0
+    rates = table / table.sum(axis=0)  # share of each class's images with each value
+    guess = rates.idxmax(axis=1)
+    return float(np.mean([rates.loc[guess == c, c].sum() for c in rates.columns]))
 
 
 def warning_for(facts: pd.DataFrame, fact: str, name: str) -> str | None:
@@ -73,7 +78,7 @@ def warning_for(facts: pd.DataFrame, fact: str, name: str) -> str | None:
                  for c, v in sorted(by_class.items())]
         return (f"{' and '.join(parts)}: a model can score perfectly by telling the sources "
                 "apart")
-    degree = "perfectly" if share == 1.0 else f"for {share:.0%} of the images"
+    degree = "perfectly" if share == 1.0 else f"with {share:.0%} balanced accuracy"
     return (f"the {name} alone tells the classes apart {degree} ({values}): a model can score "
             f"by recognising the {name}, not the disease")
 
@@ -110,7 +115,8 @@ def to_markdown(rep: dict[str, Any], version: str) -> str:
               + " |", ""]
     for name, values in rep["counts"].items():
         share = rep["separability"].get(name)
-        title = f"## {name}" + (f" (separates {share:.0%} of the images)" if share else "")
+        title = f"## {name}" + (f" (tells the classes apart with {share:.0%} balanced "
+                                 "accuracy)" if share else "")
         lines += [title, "", f"| {name} | " + " | ".join(classes) + " |",
                   "|---|" + "---:|" * len(classes)]
         for value, per_class in values.items():

@@ -47,12 +47,16 @@ P_COLUMNS = ("balanced_accuracy_p", "auc_p", "auc_delong_p")
 
 def pooled_predictions(records: list[dict[str, Any]], manifest_uri: str | None
                        ) -> pd.DataFrame:
-    """Every stored out-of-fold prediction of ``records`` (model, fold, image_id, label,
-    prob_covid) with each image's ``patient_id`` from the dataset's manifest."""
-    frames = [read_parquet(r["predictions_uri"]) for r in records if r.get("predictions_uri")]
+    """Every stored out-of-fold prediction of ``records`` (model, repeat, fold, image_id,
+    label, prob_covid) with each image's ``patient_id`` from the dataset's manifest."""
+    frames = []
+    for r in records:
+        if r.get("predictions_uri"):  # the record says which repeat (older files lack it)
+            frames.append(read_parquet(r["predictions_uri"]).assign(
+                repeat=int(r.get("repeat", 0)), fold=int(r["fold"]), model=r["model"]))
     if not frames:
-        return pd.DataFrame(columns=["model", "fold", "image_id", "label", "prob_covid",
-                                     "patient_id"])
+        return pd.DataFrame(columns=["model", "repeat", "fold", "image_id", "label",
+                                     "prob_covid", "patient_id"])
     preds = pd.concat(frames, ignore_index=True)
     if manifest_uri:
         patients = read_parquet(manifest_uri).set_index("image_id")["patient_id"].astype(str)
@@ -102,6 +106,7 @@ def build(records: list[dict[str, Any]], failures: dict[str, str], models: list[
     rest.insert(0, "rank", pd.NA)
     out = pd.concat([ranked, rest], ignore_index=True) if len(rest) else ranked
     out["rank"] = out["rank"].astype("Int64")
+    out["input_size"] = out["input_size"].astype("Int64")  # None for the baseline row
     out = add_uncertainty(out, by_model, predictions, ctx)
     out["dataset_version"] = ctx.dataset_version
     out["group_by"] = ctx.group_by
@@ -131,7 +136,7 @@ def add_uncertainty(table: pd.DataFrame, by_model: dict[str, list[dict]],
     if predictions is None or predictions.empty or ranked.empty:
         return table
     oof = {m: _oof(predictions[predictions["model"] == m]) for m in ranked["model"]}
-    for model, (labels, probs, patients) in oof.items():
+    for model, (labels, probs, patients, _) in oof.items():
         if len(labels) == 0:
             continue
         i = table.index[table["model"] == model][0]
@@ -143,33 +148,39 @@ def add_uncertainty(table: pd.DataFrame, by_model: dict[str, list[dict]],
             if ci.get(m):
                 table.loc[i, f"{m}_ci_low"], table.loc[i, f"{m}_ci_high"] = ci[m]
     best = ranked["model"].iloc[0]
-    others = [m for m in ranked["model"].iloc[1:] if len(oof[m][0])]
-    raw: dict[str, list[float]] = {col: [] for col in P_COLUMNS}
-    for model in others:
-        for metric, col in zip(COMPARED, P_COLUMNS[:2], strict=True):
-            raw[col].append(_fold_ttest(by_model[best], by_model[model], metric))
-        raw["auc_delong_p"].append(_delong(oof[best], oof[model]))
-    for col in P_COLUMNS:
-        for model, p in zip(others, evaluation.holm(raw[col]), strict=True):
-            table.loc[table["model"] == model, col] = p
+    others = list(ranked["model"].iloc[1:])
+    # one family: the three tests of every comparison (3 (M - 1) p-values), Holm-corrected
+    raw = [[_fold_ttest(by_model[best], by_model[m], metric) for metric in COMPARED]
+           + [_delong(oof[best], oof[m])] for m in others]
+    flat = evaluation.holm([p for row in raw for p in row])
+    for i, model in enumerate(others):
+        for j, col in enumerate(P_COLUMNS):
+            table.loc[table["model"] == model, col] = flat[3 * i + j]
     for model in ranked["model"]:
         row = table.loc[table["model"] == model, list(P_COLUMNS)].iloc[0]
-        rejected = any(p < ctx.alpha for p in row if not pd.isna(p))
-        table.loc[table["model"] == model, "tied_with_best"] = bool(model == best or not rejected)
+        tested = [p for p in row if not pd.isna(p)]
+        if model == best:
+            tied: Any = True
+        elif not tested:
+            tied = pd.NA  # nothing could be tested: not claimed tied
+        else:
+            tied = not any(p < ctx.alpha for p in tested)
+        table.loc[table["model"] == model, "tied_with_best"] = tied
     return table
 
 
-def _oof(preds: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(labels [N], probabilities [R, N], patients [N]) in image_id order; R repeats."""
+def _oof(preds: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """(labels [N], probabilities [R, N], patients [N], image ids [N]) in image_id order,
+    over the images predicted in every one of the R repeats."""
     if preds.empty:
-        return np.zeros(0, np.int64), np.zeros((1, 0)), []
-    repeat = preds["repeat"] if "repeat" in preds else pd.Series(0, index=preds.index)
-    wide = preds.assign(repeat=repeat).pivot_table(index="image_id", columns="repeat",
-                                                   values="prob_covid", aggfunc="first")
-    wide = wide.dropna().sort_index()  # images predicted in every repeat
+        return np.zeros(0, np.int64), np.zeros((1, 0)), [], []
+    if "repeat" not in preds:
+        preds = preds.assign(repeat=0)
+    wide = preds.pivot_table(index="image_id", columns="repeat", values="prob_covid",
+                             aggfunc="first").dropna().sort_index()
     first = preds.drop_duplicates("image_id").set_index("image_id").loc[wide.index]
     return (first["label"].to_numpy(np.int64), wide.to_numpy().T,
-            first["patient_id"].astype(str).tolist())
+            first["patient_id"].astype(str).tolist(), [str(i) for i in wide.index])
 
 
 def _fold_ttest(best: list[dict], other: list[dict], metric: str) -> float:
@@ -184,17 +195,28 @@ def _fold_ttest(best: list[dict], other: list[dict], metric: str) -> float:
         return float("nan")
     diffs = [a[k]["metrics"][metric] - b[k]["metrics"][metric] for k in keys]
     n_test = float(np.mean([a[k]["n_test"] for k in keys]))
-    n_total = n_test * len({k[1] for k in keys})  # every image is tested once per repeat
+    per_repeat: dict[int, int] = {}
+    for rec in best:  # every image is tested once per repeat: N = a repeat's test sizes
+        repeat = rec.get("repeat", 0)
+        per_repeat[repeat] = per_repeat.get(repeat, 0) + int(rec["n_test"])
+    n_total = max(per_repeat.values())
     return evaluation.corrected_ttest(diffs, n_total - n_test, n_test)[1]
 
 
 def _delong(best: tuple, other: tuple) -> float:
-    """DeLong p on the images both predicted, each model's probability averaged over
-    repeats."""
-    (yb, pb, _), (_, po, _) = best, other
-    if pb.shape[1] != po.shape[1] or len(np.unique(yb)) < 2:
+    """DeLong p on the images both models predicted (joined by image_id), each model's
+    probability averaged over repeats."""
+    (yb, pb, _, ids_b), (_, po, _, ids_o) = best, other
+    position = {image: i for i, image in enumerate(ids_o)}
+    shared = [i for i, image in enumerate(ids_b) if image in position]
+    if not shared:
         return float("nan")
-    return evaluation.delong_test(yb, pb.mean(axis=0), po.mean(axis=0))[3]
+    y = yb[shared]
+    if len(np.unique(y)) < 2:
+        return float("nan")
+    other_idx = [position[ids_b[i]] for i in shared]
+    return evaluation.delong_test(y, pb[:, shared].mean(axis=0),
+                                  po[:, other_idx].mean(axis=0))[3]
 
 
 def _family(model: str) -> str | None:
@@ -234,8 +256,9 @@ def baseline_note(df: pd.DataFrame) -> str | None:
     else:
         return None
     return (f"> **The {BASELINE} {where}**: a logistic regression on file format, size, bit "
-            "depth, colour mode and an intensity histogram does as well as the CNNs, whose "
-            "scores may then come from the acquisition, not the disease.")
+            "depth, colour mode and a 16-bin intensity histogram, which never sees the "
+            "lungs' structure, is as good as the best model; the CNNs' scores may then come "
+            "from the acquisition, not the disease.")
 
 
 def to_markdown(df: pd.DataFrame, ctx: LeaderboardContext) -> str:
@@ -276,7 +299,8 @@ def to_markdown(df: pd.DataFrame, ctx: LeaderboardContext) -> str:
                   "✓" if _true(r.get("tied_with_best")) else "",
                   _text(r.get("feature_precision")),
                   ",".join(d[:12] for d in _text(r.get("weights_sha256")).split(","))]
-        lines.append(f"| {rank} | {r['model']} | {r['input_size']} | " + " | ".join(cells)
+        lines.append(f"| {rank} | {r['model']} | {_text(r['input_size'])} | "
+                     + " | ".join(cells)
                      + f" | {r['status']} |")
     return "\n".join(lines) + "\n"
 

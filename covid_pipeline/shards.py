@@ -162,11 +162,14 @@ def write_dataset(
     meta_uri = layout.dataset_meta(root)
     if storage.exists(meta_uri):
         bad = verify_dataset(root)
-        if not bad:
+        lacking = [] if bad else sorted(set(manifest.columns) - set(
+            pq.read_schema(io.BytesIO(storage.read_bytes(info.manifest_uri))).names))
+        if not bad and not lacking:
             log.info("dataset %s already complete at %s; reusing it", version, root)
             return info
-        log.warning("dataset %s at %s: %s missing or damaged; rebuilding it",
-                    version, root, ", ".join(bad))
+        log.warning("dataset %s at %s: %s; rebuilding it", version, root,
+                    f"{', '.join(bad)} missing or damaged" if bad else
+                    f"its manifest lacks {', '.join(lacking)} (made by an older ingest)")
 
     files: dict[str, str] = {}
 

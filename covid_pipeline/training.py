@@ -185,11 +185,12 @@ def train_fold(dataset_uri: str, model_name: str, fold: int, cfg: BenchmarkConfi
     uri = fold_result_uri(out, info.version, cfg, model_name, fold, repeat)
     if storage.exists(uri):
         record = storage.read_json(uri)
-        if record.get("status") == "ok" and all(record.get(k) == v for k, v in key.items()):
+        stored = {"repeat": 0, **record}  # records from before repeats are repeat 0
+        if stored.get("status") == "ok" and all(stored.get(k) == v for k, v in key.items()):
             record["reused"] = True
             return record
         log.info("%s: made with other settings (%s); training again", uri,
-                 ", ".join(k for k, v in key.items() if record.get(k) != v))
+                 ", ".join(k for k, v in key.items() if stored.get(k) != v))
     configure_tensorflow()
     started = time.time()
     test, prob, timing = TRAINERS[cfg.mode](info, model_name, fold, cfg, source, repeat)

@@ -208,8 +208,15 @@ def covid_benchmark(
         dataset["uri"], cfg.as_dict(), out, n_images, n_workers, n_gpus > 0
     )
 
-    # the acquisition-only baseline on the same folds, ranked with the models
-    baseline = train_baseline_task(dataset["uri"], cfg.as_dict(), out)
+    # the acquisition-only baseline on the same folds, ranked with the models; its failure
+    # leaves a row saying why, like a model's
+    failures = dict(trained["failures"])
+    try:
+        baseline = train_baseline_task(dataset["uri"], cfg.as_dict(), out)
+    except Exception as exc:  # noqa: BLE001 - the models' board must still be written
+        baseline = []
+        failures[BASELINE] = one_line(exc)
+        logger.error("%s failed: %s", BASELINE, failures[BASELINE])
     context = LeaderboardContext(
         dataset_version=dataset["version"], group_by=cfg.group_by,
         class_counts=dataset["counts"], config_hash=cfg.config_hash(), preset=cfg.name,
@@ -219,7 +226,7 @@ def covid_benchmark(
         alpha=cfg.alpha, seed=cfg.seed, warnings=tuple(warnings),
     )
     folders = [results_root(out, dataset["version"], cfg), out]
-    board = aggregate(trained["records"] + baseline, trained["failures"],
+    board = aggregate(trained["records"] + baseline, failures,
                       [*cfg.models, BASELINE], context.__dict__, folders)
     return {
         "flow_run_id": str(flow_run.id),
@@ -228,7 +235,7 @@ def covid_benchmark(
         "leaderboard": board["uris"],
         "rows": board["rows"],
         "reused": trained["reused"],
-        "failures": trained["failures"],
+        "failures": failures,
         "extraction": trained["extraction"],
         "results": folders[0],
     }

@@ -42,8 +42,17 @@ def test_mixed_sources_give_no_warning_and_nearly_confounded_formats_do():
     rep = confounds.report(manifest(sources, labels, formats))
     assert not any("source" in w for w in rep["warnings"])
     (fmt,) = [w for w in rep["warnings"] if "file format" in w]
-    assert "for 98% of the images" in fmt and "dicom" in fmt and "jpeg" in fmt
+    assert "with 98% balanced accuracy" in fmt and "dicom" in fmt and "jpeg" in fmt
     assert rep["separability"]["file format"] == pytest.approx(0.98)
+
+
+def test_class_imbalance_alone_raises_no_warning():
+    """3 COVID-19 vs 97 normal images, both sources holding both classes in proportion: the
+    source says nothing about the class (a raw majority share would be 97 %)."""
+    labels = [1] * 3 + [0] * 97
+    sources = ["a", "b", "a"] + ["a", "b"] * 48 + ["b"]
+    rep = confounds.report(manifest(sources, labels))
+    assert rep["warnings"] == [] and rep["separability"]["source"] < 0.7
 
 
 def test_a_manifest_without_the_facts_reports_them_unknown():

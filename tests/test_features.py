@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 
 import numpy as np
@@ -189,6 +190,13 @@ def test_new_weights_bytes_or_precision_recompute_features_and_folds(tmp_path, m
     again, refolds = run()  # unchanged: nothing recomputed
     assert (again["feature_root"], again["extracted_images"]) == (first["feature_root"], 0)
     assert all(r["reused"] for r in refolds)
+
+    # a result stored before repeats existed (no "repeat" key) is repeat 0, still reused
+    stored = tmp_path / "out" / "results" / info.version / cfg.config_hash() / "VGG16"
+    record = json.loads((stored / "fold-0.json").read_text())
+    del record["repeat"]
+    (stored / "fold-0.json").write_text(json.dumps(record))
+    assert train_fold(info.uri, "VGG16", 0, cfg, out, again)["reused"]
 
     save_random_weights(weights, seed=2)  # other bytes, same path (and size)
     new, newfolds = run()

@@ -76,7 +76,7 @@ def test_two_models_two_folds_leaderboard_and_artifact(prefect_api, synth_root, 
         assert row["feature_precision"] in PRECISIONS and row["weights_sha256"] == "random"
     assert (board["dataset_version"] == result["dataset_version"]).all()
     assert (board["group_by"] == "patient").all()
-    assert (tmp_path / "leaderboard.md").read_text().count("| ok |") == 2
+    assert (tmp_path / "leaderboard.md").read_text().count("| ok |") == 3  # with the baseline
     assert (tmp_path / "leaderboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     artifacts = read_artifact("leaderboard")

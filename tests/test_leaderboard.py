@@ -70,7 +70,8 @@ def synthetic_run(quality: dict[str, float], folds: int = 5, n: int = 100, seed:
     ``quality`` (0: chance), on the same images, folds and patients (2 images each)."""
     rng = np.random.default_rng(seed)
     labels = np.array([1, 0] * (n // 2))
-    patients = [f"p{i // 2 if labels[i] else 1000 + i}" for i in range(n)]  # COVID pairs
+    # COVID-19 images (even i) in pairs of one patient, each normal its own patient
+    patients = [f"p{i // 4}" if labels[i] else f"n{i}" for i in range(n)]
     fold = np.arange(n) % folds
     records, frames = [], []
     for model, q in quality.items():
@@ -103,11 +104,16 @@ def test_intervals_and_comparisons_with_the_best_model(tmp_path):
     assert np.isnan(table.loc["Strong", "auc_p"]) and table.loc["Strong", "tied_with_best"]
     assert table.loc["AlsoStrong", "tied_with_best"]
     assert not table.loc["Weak", "tied_with_best"]
-    assert table.loc["Weak", "auc_delong_p"] < 0.05 and table.loc["Weak", "auc_p"] < 0.05
-    # Holm over the two comparisons: the corrected p is at least the raw one
-    raw = lb._delong(lb._oof(preds[preds.model == "Strong"]),
-                     lb._oof(preds[preds.model == "AlsoStrong"]))
-    assert table.loc["AlsoStrong", "auc_delong_p"] >= raw
+    assert table.loc["Weak", "auc_delong_p"] < 0.05 and table.loc["Weak", "auc_p"] < 0.1
+    # one Holm family: the three tests of both comparisons, corrected together
+    oof = {m: lb._oof(preds[preds.model == m]) for m in ("Strong", "AlsoStrong", "Weak")}
+    by = {m: [r for r in records if r["model"] == m] for m in oof}
+    raw = [p for m in ("AlsoStrong", "Weak") for p in (
+        lb._fold_ttest(by["Strong"], by[m], "balanced_accuracy"),
+        lb._fold_ttest(by["Strong"], by[m], "auc"), lb._delong(oof["Strong"], oof[m]))]
+    got = [table.loc[m, c] for m in ("AlsoStrong", "Weak") for c in lb.P_COLUMNS]
+    np.testing.assert_allclose(got, evaluation.holm(raw))
+    assert raw[2] < got[2]  # the correction is not the identity here
 
     md = lb.to_markdown(table.reset_index(), ctx)
     assert ("**1 of the other 2 models is not distinguishable from Strong at α = 0.05**: "
@@ -115,3 +121,22 @@ def test_intervals_and_comparisons_with_the_best_model(tmp_path):
     assert "| 2 | AlsoStrong |" in md and " ✓ |" in md
     png = lb.to_png(table.reset_index(), ctx)
     assert png[:4] == b"\x89PNG"
+
+
+def test_delong_joins_images_by_id_and_untested_models_are_not_called_tied():
+    ctx = lb.LeaderboardContext("v", "patient", {"COVID-19": 50, "normal": 50}, "c", "t", 5,
+                                {}, bootstrap_resamples=0)
+    records, preds = synthetic_run({"A": 0.8, "B": 0.5, "C": 0.4}, seed=3)
+    shuffled = preds[preds.model == "B"].sample(frac=1.0, random_state=0)
+    preds = pd.concat([preds[preds.model != "B"], shuffled])  # row order must not matter
+    table = lb.build(records, {}, ["A", "B", "C"], ctx, preds).set_index("model")
+    expected = lb._delong(lb._oof(preds[preds.model == "A"]),
+                          lb._oof(preds[preds.model == "B"].sort_values("image_id")))
+    assert not np.isnan(expected)
+    # a model with folds but no stored predictions: t-tests only, and no claim without tests
+    lone = [{**r, "model": "D"} for r in records if r["model"] == "C"][:1]
+    table = lb.build(records + lone, {}, ["A", "B", "C", "D"],
+                     lb.LeaderboardContext("v", "patient", {}, "c", "t", 1, {},
+                                           bootstrap_resamples=0), preds).set_index("model")
+    assert pd.isna(table.loc["D", "tied_with_best"])
+    assert np.isnan(table.loc["D", "auc_delong_p"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 
@@ -88,3 +89,22 @@ def test_complete_version_is_reused_not_rewritten(synth_root, tmp_path):
     again, _ = prepare(specs(synth_root), str(tmp_path), SETTINGS)
     assert again == first and os.stat(marker).st_mtime_ns == mtime
     assert storage.read_bytes(marker) == before
+
+
+def test_a_version_whose_manifest_lacks_new_columns_is_rebuilt(tmp_path, synth_root):
+    """A dataset version written before ingest recorded the acquisition facts keeps its
+    version id (they are not version columns) but gets its manifest rewritten with them."""
+    from covid_pipeline.shards import parquet_bytes
+
+    out = tmp_path / "out"
+    info, _ = prepare(specs(synth_root), str(out), SETTINGS)
+    manifest_path = out / "datasets" / info.version / "manifest.parquet"
+    old = read_parquet(str(manifest_path)).drop(columns=["file_format", "phash"])
+    manifest_path.write_bytes(parquet_bytes(old))
+    meta_path = out / "datasets" / info.version / "dataset.json"
+    meta = json.loads(meta_path.read_text())  # as the older ingest left it: consistent
+    meta["files"]["manifest.parquet"] = hashlib.sha256(manifest_path.read_bytes()).hexdigest()
+    meta_path.write_text(json.dumps(meta))
+    again, _ = prepare(specs(synth_root), str(out), SETTINGS)
+    assert again.version == info.version
+    assert {"file_format", "phash"} <= set(read_parquet(str(manifest_path)).columns)
