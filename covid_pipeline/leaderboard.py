@@ -41,7 +41,7 @@ class LeaderboardContext:
     warnings: tuple[str, ...] = ()  # the dataset's confound warnings, stated on top
 
 
-COMPARED = ("balanced_accuracy", "auc")  # fold scores compared with the best model's
+COMPARED = ("balanced_accuracy", "auc")  # fold scores compared with the best CNN's
 P_COLUMNS = ("balanced_accuracy_p", "auc_p", "auc_delong_p")
 
 
@@ -133,8 +133,10 @@ def add_uncertainty(table: pd.DataFrame, by_model: dict[str, list[dict]],
         table[col] = float("nan")
     table["tied_with_best"] = pd.array([pd.NA] * len(table), dtype="boolean")
     ranked = table[table["rank"].notna()].sort_values("rank")
-    if predictions is None or predictions.empty or ranked.empty:
+    if ranked.empty:
         return table
+    if predictions is None or predictions.empty:  # intervals and DeLong need predictions;
+        predictions = pd.DataFrame(columns=["model", "image_id"])  # the t-tests do not
     oof = {m: _oof(predictions[predictions["model"] == m]) for m in ranked["model"]}
     for model, (labels, probs, patients, _) in oof.items():
         if len(labels) == 0:
@@ -147,8 +149,8 @@ def add_uncertainty(table: pd.DataFrame, by_model: dict[str, list[dict]],
             table.loc[i, f"{m}_pooled"] = point[m] if point[m] is not None else float("nan")
             if ci.get(m):
                 table.loc[i, f"{m}_ci_low"], table.loc[i, f"{m}_ci_high"] = ci[m]
-    best = ranked["model"].iloc[0]
-    others = list(ranked["model"].iloc[1:])
+    best = reference_model(ranked)
+    others = [m for m in ranked["model"] if m != best]
     # one family: the three tests of every comparison (3 (M - 1) p-values), Holm-corrected
     raw = [[_fold_ttest(by_model[best], by_model[m], metric) for metric in COMPARED]
            + [_delong(oof[best], oof[m])] for m in others]
@@ -193,6 +195,8 @@ def _fold_ttest(best: list[dict], other: list[dict], metric: str) -> float:
     keys = sorted(set(a) & set(b))
     if len(keys) < 2:
         return float("nan")
+    if any("n_test" not in r for r in best):  # the correction needs the fold sizes
+        return float("nan")
     diffs = [a[k]["metrics"][metric] - b[k]["metrics"][metric] for k in keys]
     n_test = float(np.mean([a[k]["n_test"] for k in keys]))
     per_repeat: dict[int, int] = {}
@@ -226,12 +230,19 @@ def _family(model: str) -> str | None:
         return None
 
 
+def reference_model(ranked: pd.DataFrame) -> str:
+    """The model every other is compared with: the best-ranked CNN (the acquisition-only
+    baseline is compared with it too, whatever its own rank)."""
+    models = [m for m in ranked["model"] if m != BASELINE]
+    return models[0] if models else str(ranked["model"].iloc[0])
+
+
 def top_tier(df: pd.DataFrame, ctx: LeaderboardContext) -> str | None:
-    """The sentence that names the models statistically tied with the best, if tested."""
+    """The sentence that names the models statistically tied with the best CNN, if tested."""
     ranked = df[df["rank"].notna()].sort_values("rank")
     if ranked.empty or ranked["tied_with_best"].isna().all():
         return None
-    best = ranked["model"].iloc[0]
+    best = reference_model(ranked)
     tied = [m for m, t in zip(ranked["model"], ranked["tied_with_best"], strict=True)
             if _true(t) and m != best]
     if len(ranked) == 1:
@@ -250,15 +261,15 @@ def baseline_note(df: pd.DataFrame) -> str | None:
         return None
     row = rows.iloc[0]
     if int(row["rank"]) == 1:
-        where = "ranks first"
+        where = "ranks above every CNN"
     elif _true(row.get("tied_with_best")):
-        where = "is not distinguishable from the best model"
+        where = "is not distinguishable from the best CNN"
     else:
         return None
     return (f"> **The {BASELINE} {where}**: a logistic regression on file format, size, bit "
             "depth, colour mode and a 16-bin intensity histogram, which never sees the "
-            "lungs' structure, is as good as the best model; the CNNs' scores may then come "
-            "from the acquisition, not the disease.")
+            "lungs' structure, does as well; the CNNs' scores may then come from the "
+            "acquisition, not the disease.")
 
 
 def to_markdown(df: pd.DataFrame, ctx: LeaderboardContext) -> str:
@@ -271,7 +282,7 @@ def to_markdown(df: pd.DataFrame, ctx: LeaderboardContext) -> str:
         f"images per class: {counts}. Config `{ctx.config_hash}`. "
         "Each cell: mean ± std (ddof=1) over folds; then the pooled out-of-fold estimate "
         "[95 % interval, patient-level bootstrap]; positive class COVID-19. p: Holm-corrected "
-        "p-values against the best model (balanced accuracy / AUC by the corrected t-test, "
+        "p-values against the best-ranked CNN (balanced accuracy / AUC by the corrected t-test, "
         "AUC by DeLong); tier ✓: not distinguishable from the best. Precision: the "
         "backbone's when the features were made; weights: the first 12 hex digits of the "
         "weights file's sha256 (`random`: seeded random initialisation).",
