@@ -34,8 +34,9 @@ def pooled_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float | N
 
 def fast_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
     """:func:`pooled_metrics` in a few NumPy operations, for the bootstrap's thousands of
-    resamples (scikit-learn's per-call checks cost ~50x more); tests/test_evaluation.py
-    holds it equal to scikit-learn. The same threshold (p > 0.5) and zero_division=0."""
+    resamples (scikit-learn's took ~70x longer: 13.8 vs 0.19 ms at 360 images);
+    tests/test_evaluation.py holds it equal to scikit-learn. The same threshold (p > 0.5)
+    and zero_division=0."""
     y = np.asarray(labels) == 1
     p = np.asarray(probs, dtype=np.float64)
     pred = p > 0.5
