@@ -170,6 +170,16 @@ class BenchmarkConfig(_Frozen):
                                             "intervals (0: no intervals)")
     alpha: float = setting(0.05, gt=0, lt=1, hashed=False,
                            help="significance level of the comparisons with the best model")
+    control_models: str = setting(
+        "all", hashed=False, flag="--control-models",
+        help="border-only control (centre blacked out) for all models, none, or A,B")
+    control_box: float = setting(0.6, gt=0, lt=1, allow_inf_nan=False, hashed=False,
+                                 flag="--control-box",
+                                 help="border-only control: side of the blacked-out central "
+                                      "box, as a fraction of each image side")
+    control_views: Int = setting(4, ge=1, hashed=False,
+                                 help="border-only control: rotated views per image (its "
+                                      "backbone cost is images x (views + 1) passes)")
     name: str = setting("custom", hashed=False, help="label of the run")
     data: DataSettings = setting(default_factory=DataSettings,
                                  help="data-path settings (the dataset version's)")
@@ -200,10 +210,33 @@ class BenchmarkConfig(_Frozen):
                              "the backbone every epoch and supports one repeat")
         return self
 
+    @model_validator(mode="after")
+    def _control_among_models(self) -> BenchmarkConfig:
+        if self.control_models in ("all", "none"):
+            return self
+        missing = [m for m in self.control_models.split(",") if m not in self.models]
+        if missing:
+            raise ValueError(f"control_models names {', '.join(missing)}, not among the run's "
+                             f"models ({', '.join(self.models)}); name a subset, all or none")
+        return self
+
     @field_validator("models", mode="before")
     @classmethod
     def _models(cls, value: Any) -> tuple[str, ...]:
         return _as_models(value)
+
+    @field_validator("control_models", mode="before")
+    @classmethod
+    def _control_models(cls, value: Any) -> str:
+        if value is None or (isinstance(value, str) and value.strip().lower() in
+                             ("", "none", "null")):
+            return "none"
+        if isinstance(value, str) and value.strip().lower() == "all":
+            return "all"
+        names = _as_models(value)
+        for name in names:
+            zoo.get(name)
+        return ",".join(names) if names else "none"
 
     @field_validator("models")
     @classmethod
@@ -258,6 +291,19 @@ class BenchmarkConfig(_Frozen):
     def effective_views(self) -> int:
         """Distinct rotated views per image that training uses (at most one per epoch)."""
         return min(self.views or self.epochs, self.epochs)
+
+    @property
+    def controlled_models(self) -> tuple[str, ...]:
+        """The models that get the border-only control, in ``models`` order."""
+        if self.control_models == "all":
+            return self.models
+        chosen = set(self.control_models.split(",")) if self.control_models != "none" else set()
+        return tuple(m for m in self.models if m in chosen)
+
+    @property
+    def effective_control_views(self) -> int:
+        """Rotated views per image of the border-only control (at most one per epoch)."""
+        return min(self.control_views, self.epochs)
 
     def specs(self) -> tuple[zoo.ModelSpec, ...]:
         """The table rows of ``models``, in order."""

@@ -33,6 +33,7 @@ import numpy as np
 from covid_pipeline import backbones, layout, storage, zoo
 from covid_pipeline.augment import resize, rotated_inputs, view_angles
 from covid_pipeline.config import BenchmarkConfig
+from covid_pipeline.control import blackout
 from covid_pipeline.shards import load_dataset, load_split, read_parquet
 from covid_pipeline.tfsetup import backbone_precision, configure_tensorflow
 from covid_pipeline.weights import backbone_weights, weights_digest
@@ -43,9 +44,9 @@ FEATURE_FORMAT = 1
 
 
 def settings_hash(model: str, cfg: BenchmarkConfig, image_size: int, precision: str,
-                  weights_sha256: str) -> str:
+                  weights_sha256: str, box: float | None = None) -> str:
     """What decides a feature vector besides the image: model, weights' bytes, precision,
-    sizes, angles."""
+    sizes, angles, and the border-only control's blacked-out box (``box``)."""
     spec = zoo.get(model)
     payload = {
         "precision": precision,
@@ -57,6 +58,8 @@ def settings_hash(model: str, cfg: BenchmarkConfig, image_size: int, precision: 
         "rotation_degrees": cfg.rotation_degrees,
         "image_size": image_size,
     }
+    if box is not None:
+        payload["central_box"] = box
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -79,12 +82,15 @@ class FeatureSource:
 
 
 def feature_source(out: str, model: str, cfg: BenchmarkConfig, image_size: int,
-                   precision: str | None = None) -> FeatureSource:
-    """The feature root of ``model`` for this worker's precision (or ``precision``)."""
+                   precision: str | None = None, control: bool = False) -> FeatureSource:
+    """The feature root of ``model`` for this worker's precision (or ``precision``), of the
+    full images or (``control``) of the border-only control's."""
     precision = precision or backbone_precision()
     digest = weights_digest(zoo.get(model), cfg)
+    box = cfg.control_box if control else None
     return FeatureSource(
-        layout.features(out, model, settings_hash(model, cfg, image_size, precision, digest)),
+        layout.features(out, model, settings_hash(model, cfg, image_size, precision, digest,
+                                                  box)),
         precision, digest)
 
 
@@ -161,26 +167,34 @@ def needed_views(cfg: BenchmarkConfig) -> int:
     return cfg.effective_views
 
 
-def epoch_view(cfg: BenchmarkConfig, epoch: int) -> int:
-    """The view that epoch ``epoch`` (0-based) trains on."""
-    k = needed_views(cfg)
+def epoch_view(cfg: BenchmarkConfig, epoch: int, views: int | None = None) -> int:
+    """The view that epoch ``epoch`` (0-based) trains on, of ``views`` (default
+    :func:`needed_views`)."""
+    k = needed_views(cfg) if views is None else views
     return epoch + 1 if k >= cfg.epochs else 1 + epoch % k
 
 
-def extract_features(dataset_uri: str, model: str, cfg: BenchmarkConfig, out: str
-                     ) -> dict[str, Any]:
-    """Compute and store features for every image of the dataset that lacks them."""
+def extract_features(dataset_uri: str, model: str, cfg: BenchmarkConfig, out: str,
+                     control: bool = False, views: int | None = None) -> dict[str, Any]:
+    """Compute and store features for every image of the dataset that lacks them.
+
+    ``control``: of the images with the border-only control's central box blacked out
+    (their own feature root, ``cfg.effective_control_views`` views). ``views``: the rotated
+    views needed (default: what training needs; 0 for a test-only data set).
+    """
     import keras
 
     info = load_dataset(dataset_uri)
-    source = feature_source(out, model, cfg, info.image_size)
+    source = feature_source(out, model, cfg, info.image_size, control=control)
     root, precision = source.root, source.precision
-    views = needed_views(cfg)
+    if views is None:
+        views = cfg.effective_control_views if control else needed_views(cfg)
     manifest = read_parquet(info.manifest_uri)
     shas = sorted(set(manifest["sha256"].astype(str)))
     stored = stored_views(root, zoo.feature_width(zoo.get(model)))
     todo = [s for s in shas if stored.get(s, -1) < views]
-    stats = {"model": model, "images": len(shas), "extracted_images": len(todo),
+    stats = {"model": model, "control": control, "images": len(shas),
+             "extracted_images": len(todo),
              "reused_images": len(shas) - len(todo), "backbone_passes": 0, "seconds": 0.0,
              **source.as_dict()}
     if not todo:
@@ -198,8 +212,10 @@ def extract_features(dataset_uri: str, model: str, cfg: BenchmarkConfig, out: st
                                             input_size=size, seed=cfg.seed)
         forward = feature_function(backbone, backbones.preprocess_fn(spec),
                                    jit=precision != "float32")
-        feats = backbone_features(forward, split.images[[index[s] for s in todo]], todo, cfg,
-                                  size, views)
+        images = split.images[[index[s] for s in todo]]
+        if control:
+            images = blackout(images, cfg.control_box)
+        feats = backbone_features(forward, images, todo, cfg, size, views)
     finally:
         keras.mixed_precision.set_global_policy("float32")
         keras.backend.clear_session()

@@ -14,6 +14,8 @@
         leaderboard.{csv,md,png}
         <model>/fold-<k>.json, <model>/fold-<k>.predictions.parquet     (repeat 0)
         <model>/repeat-<r>/fold-<k>.json, ...predictions.parquet          (repeat r >= 1)
+        <model>/control/fold-<k>.json, ...predictions.parquet  (border-only control)
+        <model>/external-<version>.json, ...predictions.parquet  (external test set)
       leaderboard.{csv,md,png}                     the latest run's, beside the folders
       watch/<kind>-<key>.json                      the dataset watcher's fingerprints
       synthetic-data/                              `covid-pipeline demo`'s data set
@@ -96,18 +98,22 @@ def resolved_config(results_uri: str) -> str:
     return join(results_uri, "config.yaml")
 
 
-def _repeat_dir(results_uri: str, model: str, repeat: int) -> str:
-    """Repeat 0 (single cross-validation) directly under the model; repeat r in repeat-<r>/."""
-    return join(results_uri, model) if repeat == 0 else join(results_uri, model,
-                                                             f"repeat-{repeat}")
+def _repeat_dir(results_uri: str, model: str, repeat: int, control: bool = False) -> str:
+    """Repeat 0 (single cross-validation) directly under the model; repeat r in repeat-<r>/;
+    the border-only control's folds in control/."""
+    base = join(results_uri, model, "control") if control else join(results_uri, model)
+    return base if repeat == 0 else join(base, f"repeat-{repeat}")
 
 
-def fold_result(results_uri: str, model: str, fold: int, repeat: int = 0) -> str:
-    return join(_repeat_dir(results_uri, model, repeat), f"fold-{fold}.json")
+def fold_result(results_uri: str, model: str, fold: int, repeat: int = 0,
+                control: bool = False) -> str:
+    return join(_repeat_dir(results_uri, model, repeat, control), f"fold-{fold}.json")
 
 
-def fold_predictions(results_uri: str, model: str, fold: int, repeat: int = 0) -> str:
-    return join(_repeat_dir(results_uri, model, repeat), f"fold-{fold}.predictions.parquet")
+def fold_predictions(results_uri: str, model: str, fold: int, repeat: int = 0,
+                     control: bool = False) -> str:
+    return join(_repeat_dir(results_uri, model, repeat, control),
+                f"fold-{fold}.predictions.parquet")
 
 
 def leaderboard(folder: str, ext: str) -> str:

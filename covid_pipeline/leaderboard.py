@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from covid_pipeline import control as controls
 from covid_pipeline import evaluation, layout, storage, zoo
 from covid_pipeline.baseline import NAME as BASELINE
 from covid_pipeline.evaluation import CI_METRICS
@@ -39,6 +40,7 @@ class LeaderboardContext:
     alpha: float = 0.05
     seed: int = 42
     warnings: tuple[str, ...] = ()  # the dataset's confound warnings, stated on top
+    control_box: float | None = None  # the border-only control's box, when it ran
 
 
 COMPARED = ("balanced_accuracy", "auc")  # fold scores compared with the best CNN's
@@ -67,11 +69,14 @@ def pooled_predictions(records: list[dict[str, Any]], manifest_uri: str | None
 
 
 def build(records: list[dict[str, Any]], failures: dict[str, str], models: list[str],
-          ctx: LeaderboardContext, predictions: pd.DataFrame | None = None) -> pd.DataFrame:
+          ctx: LeaderboardContext, predictions: pd.DataFrame | None = None,
+          control: dict[str, Any] | None = None) -> pd.DataFrame:
     """One row per model; models with failed folds keep a row whose ``status`` says why.
 
     With ``predictions`` (:func:`pooled_predictions`), each ranked row also gets 95 %
     intervals of its pooled out-of-fold metrics and its comparison with the best model.
+    With ``control`` ({"records": [...], "failures": {...}} of the border-only control),
+    the control's columns (:data:`control.COLUMNS`, ``control_status``).
     """
     by_model: dict[str, list[dict]] = {m: [] for m in models}
     for rec in records:
@@ -108,6 +113,7 @@ def build(records: list[dict[str, Any]], failures: dict[str, str], models: list[
     out["rank"] = out["rank"].astype("Int64")
     out["input_size"] = out["input_size"].astype("Int64")  # None for the baseline row
     out = add_uncertainty(out, by_model, predictions, ctx)
+    out = add_control(out, control, ctx)
     out["dataset_version"] = ctx.dataset_version
     out["group_by"] = ctx.group_by
     out["config_hash"] = ctx.config_hash
@@ -116,7 +122,7 @@ def build(records: list[dict[str, Any]], failures: dict[str, str], models: list[
     columns = ["rank", "model", "input_size", "n_folds", "status"]
     columns += [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
     columns += [f"{m}_{s}" for m in CI_METRICS for s in ("pooled", "ci_low", "ci_high")]
-    columns += [*P_COLUMNS, "tied_with_best"]
+    columns += [*P_COLUMNS, "tied_with_best", *controls.COLUMNS, "control_status"]
     return out[columns + [c for c in out.columns if c not in columns]].reset_index(drop=True)
 
 
@@ -168,6 +174,26 @@ def add_uncertainty(table: pd.DataFrame, by_model: dict[str, list[dict]],
         else:
             tied = not any(p < ctx.alpha for p in tested)
         table.loc[table["model"] == model, "tied_with_best"] = tied
+    return table
+
+
+def add_control(table: pd.DataFrame, control: dict[str, Any] | None,
+                ctx: LeaderboardContext) -> pd.DataFrame:
+    """The border-only control's mean AUC and balanced accuracy, and their drops from the
+    full images' (full minus control: a small drop means the border alone does as well)."""
+    table = table.copy()
+    for col in controls.COLUMNS:
+        table[col] = float("nan")
+    table["control_status"] = None
+    rows = controls.summary((control or {}).get("records", []),
+                            (control or {}).get("failures", {}), ctx.n_folds)
+    for model, values in rows.items():
+        where = table["model"] == model
+        for key, value in values.items():
+            table.loc[where, key] = value
+    for metric in ("auc", "balanced_accuracy"):
+        table[f"control_{metric}_drop"] = (table[f"{metric}_mean"].astype(float)
+                                           - table[f"control_{metric}"].astype(float))
     return table
 
 
@@ -272,6 +298,26 @@ def baseline_note(df: pd.DataFrame) -> str | None:
             "acquisition, not the disease.")
 
 
+def control_note(df: pd.DataFrame, ctx: LeaderboardContext) -> str | None:
+    """What the border-only control says: which models still separate the classes with
+    the centre of the image blacked out."""
+    done = df[df["control_auc"].notna()] if "control_auc" in df else df.iloc[:0]
+    if done.empty:
+        return None
+    box = f"{ctx.control_box:.0%}" if ctx.control_box else "central box"
+    high = done[done["control_auc"] >= controls.HIGH_AUC]
+    lead = (f"**Border-only control** (the central {box} of each side blacked out, same "
+            "backbone, head and folds; Maguolo & Nanni 2021): ")
+    if high.empty:
+        return (f"{lead}no model reaches AUC {controls.HIGH_AUC:g} without the image's "
+                "centre (the column *border AUC (drop)*).")
+    names = ", ".join(f"{m} (AUC {a:.3f})" for m, a in zip(high["model"], high["control_auc"],
+                                                          strict=True))
+    return (f"> {lead}{names} still reach AUC ≥ {controls.HIGH_AUC:g} without the image's "
+            "centre: the border alone separates the classes, so their full-image scores "
+            "need not come from the lungs.")
+
+
 def to_markdown(df: pd.DataFrame, ctx: LeaderboardContext) -> str:
     counts = ", ".join(f"{k} {v}" for k, v in sorted(ctx.class_counts.items()))
     lines = [
@@ -297,10 +343,13 @@ def to_markdown(df: pd.DataFrame, ctx: LeaderboardContext) -> str:
     baseline = baseline_note(df)
     if baseline:
         lines += [baseline, ""]
+    control = control_note(df, ctx)
+    if control:
+        lines += [control, ""]
     lines += [
         "| rank | model | input | balanced acc. | AUC | sensitivity | specificity | F1 "
-        "| p (BA / AUC / DeLong) | tier | precision | weights | status |",
-        "|---:|---|---:|---|---|---|---|---|---|---|---|---|---|",
+        "| p (BA / AUC / DeLong) | tier | border AUC (drop) | precision | weights | status |",
+        "|---:|---|---:|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in df.to_dict("records"):
         rank = "" if pd.isna(r["rank"]) else str(r["rank"])
@@ -308,6 +357,7 @@ def to_markdown(df: pd.DataFrame, ctx: LeaderboardContext) -> str:
                                      "f1")]
         cells += [" / ".join(_p(r.get(c)) for c in P_COLUMNS),
                   "✓" if _true(r.get("tied_with_best")) else "",
+                  _control_cell(r),
                   _text(r.get("feature_precision")),
                   ",".join(d[:12] for d in _text(r.get("weights_sha256")).split(","))]
         lines.append(f"| {rank} | {r['model']} | {_text(r['input_size'])} | "
@@ -330,6 +380,14 @@ def _text(value: Any) -> str:
 
 def _p(value: Any) -> str:
     return "–" if _missing(value) else ("<0.001" if value < 0.001 else f"{value:.3f}")
+
+
+def _control_cell(row: dict) -> str:
+    auc, drop = row.get("control_auc"), row.get("control_auc_drop")
+    if _missing(auc):
+        status = row.get("control_status")
+        return "failed" if isinstance(status, str) and status.startswith("failed") else "–"
+    return f"{auc:.3f}" + ("" if _missing(drop) else f" ({drop:+.3f})")
 
 
 def _pm(row: dict, metric: str) -> str:

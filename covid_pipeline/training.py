@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from covid_pipeline import backbones, layout, storage, zoo
+from covid_pipeline import control as controls
 from covid_pipeline.augment import view_angles
 from covid_pipeline.config import BenchmarkConfig
 from covid_pipeline.features import (
@@ -65,28 +66,37 @@ def write_resolved_config(out: str, version: str, cfg: BenchmarkConfig) -> str:
 
 
 def fold_result_uri(out: str, version: str, cfg: BenchmarkConfig, model: str, fold: int,
-                    repeat: int = 0) -> str:
-    return layout.fold_result(results_root(out, version, cfg), model, fold, repeat)
+                    repeat: int = 0, control: bool = False) -> str:
+    return layout.fold_result(results_root(out, version, cfg), model, fold, repeat, control)
+
+
+def cached_features(root: str, shas: list[str], views: int, model: str
+                    ) -> dict[str, np.ndarray]:
+    """The cached features of every sha (at least ``views`` rotated views each), or a
+    one-line error saying how many are missing and where."""
+    feats = {sha: arr for sha, arr in read_features(root, shas).items()
+             if arr.shape[0] > views}
+    if len(feats) < len(set(shas)):
+        raise RuntimeError(f"{len(set(shas)) - len(feats)} of {len(set(shas))} images have no "
+                           f"readable cached features for {model} under {root}; run the "
+                           "feature-extraction task first (an unreadable file is logged with "
+                           "its URI: delete it)")
+    return feats
 
 
 def train_cached(info: DatasetInfo, model: str, fold: int, cfg: BenchmarkConfig,
-                 source: FeatureSource, repeat: int = 0):
+                 source: FeatureSource, repeat: int = 0, views: int | None = None):
     """Train the head on the features under ``source`` (the extraction's, which may have run
-    on another kind of worker): epoch e on view ``epoch_view(e)``, test on view 0.
+    on another kind of worker): epoch e on view ``epoch_view(e)`` of ``views`` (default
+    :func:`needed_views`), test on view 0.
 
     Rows come in image_id order, as in :func:`train_online` (the same batches). ``repeat``
     r >= 1 uses that repeat's split of the same images (:func:`folds.repeat_folds`): the
     same features, no backbone pass."""
     manifest = read_parquet(info.manifest_uri).sort_values("image_id")
     shas = sorted(set(manifest["sha256"].astype(str)))
-    views = needed_views(cfg)
-    feats = {sha: arr for sha, arr in read_features(source.root, shas).items()
-             if arr.shape[0] > views}
-    if len(feats) < len(shas):
-        raise RuntimeError(f"{len(shas) - len(feats)} of {len(shas)} images have no readable "
-                           f"cached features for {model} under {source.root}; run the "
-                           "feature-extraction task first (an unreadable file is logged with "
-                           "its URI: delete it)")
+    views = needed_views(cfg) if views is None else views
+    feats = cached_features(source.root, shas, views, model)
 
     def split(mask) -> tuple[Split, np.ndarray]:
         part = manifest[mask]
@@ -97,7 +107,7 @@ def train_cached(info: DatasetInfo, model: str, fold: int, cfg: BenchmarkConfig,
     folds = repeat_folds(manifest, repeat, cfg.folds, cfg.group_by, cfg.seed)
     train, x_train = split(folds != fold)
     test, x_test = split(folds == fold)
-    columns = np.array([epoch_view(cfg, e) for e in range(cfg.epochs)], np.int64)
+    columns = np.array([epoch_view(cfg, e, views) for e in range(cfg.epochs)], np.int64)
     prob, train_s, predict_s = train_head(cfg, fold, x_train, train.labels, columns,
                                           x_test[:, 0], repeat)
     return test, prob, {"train_seconds": train_s, "predict_seconds": predict_s,
@@ -165,24 +175,29 @@ def fold_key(version: str, cfg: BenchmarkConfig, model: str, fold: int, precisio
 
 
 def train_fold(dataset_uri: str, model_name: str, fold: int, cfg: BenchmarkConfig,
-               out: str, features: dict[str, Any] | None = None, repeat: int = 0
-               ) -> dict[str, Any]:
+               out: str, features: dict[str, Any] | None = None, repeat: int = 0,
+               control: bool = False) -> dict[str, Any]:
     """Train and evaluate ``model_name`` on ``fold`` of ``repeat``; return (and store) its
     result record.
 
-    ``features`` (cached mode) is what the extraction task returned: which feature root to
-    read, in which precision and from which weights. Without it, this worker's own.
+    ``features`` (cached mode, and the control) is what the extraction task returned:
+    which feature root to read, in which precision and from which weights. Without it,
+    this worker's own. ``control``: the border-only control's fold (:mod:`control`):
+    cached features of the images with their centre blacked out, whatever the mode.
     """
     info = load_dataset(dataset_uri)
     source = None
-    if cfg.mode == "cached":
+    cached = cfg.mode == "cached" or control
+    if cached:
         source = (FeatureSource.from_dict(features) if features else
-                  feature_source(out, model_name, cfg, info.image_size))
+                  feature_source(out, model_name, cfg, info.image_size, control=control))
         precision, digest = source.precision, source.weights_sha256
     else:
         precision, digest = ONLINE_PRECISION, weights_digest(zoo.get(model_name), cfg)
     key = fold_key(info.version, cfg, model_name, fold, precision, digest, repeat)
-    uri = fold_result_uri(out, info.version, cfg, model_name, fold, repeat)
+    if control:
+        key.update(controls.of(cfg).key())
+    uri = fold_result_uri(out, info.version, cfg, model_name, fold, repeat, control)
     if storage.exists(uri):
         record = storage.read_json(uri)
         stored = {"repeat": 0, **record}  # records from before repeats are repeat 0
@@ -193,9 +208,13 @@ def train_fold(dataset_uri: str, model_name: str, fold: int, cfg: BenchmarkConfi
                  ", ".join(k for k, v in key.items() if stored.get(k) != v))
     configure_tensorflow()
     started = time.time()
-    test, prob, timing = TRAINERS[cfg.mode](info, model_name, fold, cfg, source, repeat)
+    if control:
+        test, prob, timing = train_cached(info, model_name, fold, cfg, source, repeat,
+                                          cfg.effective_control_views)
+    else:
+        test, prob, timing = TRAINERS[cfg.mode](info, model_name, fold, cfg, source, repeat)
     pred_uri = layout.fold_predictions(results_root(out, info.version, cfg), model_name, fold,
-                                       repeat)
+                                       repeat, control)
     storage.write_bytes(pred_uri, parquet_bytes(pd.DataFrame({
         "image_id": test.image_ids, "sha256": test.shas, "label": test.labels,
         "prob_covid": prob.astype(np.float64), "repeat": repeat, "fold": fold,
@@ -204,7 +223,8 @@ def train_fold(dataset_uri: str, model_name: str, fold: int, cfg: BenchmarkConfi
     record = {
         **key,
         "status": "ok",
-        "mode": cfg.mode,
+        "mode": "cached" if control else cfg.mode,
+        "control": control,
         "metrics": fold_metrics(test.labels, prob),
         "n_test": len(test),
         "test_image_ids_sha256": _ids_digest(test.image_ids),

@@ -20,6 +20,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
 from covid_pipeline import cluster as clusters
+from covid_pipeline import control as controls
 from covid_pipeline import weights, zoo
 from covid_pipeline.baseline import NAME as BASELINE
 from covid_pipeline.config import BenchmarkConfig, load_preset, resolve_config, with_overrides
@@ -41,9 +42,12 @@ def one_line(exc: BaseException) -> str:
     return text if len(text) <= MAX_ERROR else text[: MAX_ERROR - 1] + "…"
 
 
-def expected_cost(model: str, cfg: BenchmarkConfig, n_images: int) -> float:
+def expected_cost(model: str, cfg: BenchmarkConfig, n_images: int,
+                  control: bool = False) -> float:
     """Backbone GMACs a model's GPU work needs (what Dask priorities are made from)."""
     gmacs = zoo.gmacs_at(zoo.get(model), cfg.input_size)
+    if control:
+        return gmacs * n_images * (cfg.effective_control_views + 1)
     if cfg.mode == "cached":
         return gmacs * n_images * (needed_views(cfg) + 1)
     return gmacs * n_images * (cfg.epochs * (cfg.folds - 1) / cfg.folds + 1 / cfg.folds)
@@ -53,55 +57,76 @@ def expected_cost(model: str, cfg: BenchmarkConfig, n_images: int) -> float:
 def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_workers: int = 1,
                  gpu: bool = False) -> dict:
     """Fan out the GPU work (per model in ``cached`` mode, per fold in ``online``) and the
-    per-(model, repeat, fold) head training; a failing model yields an error entry, not a
-    failure. Repeats reuse the model's features: no backbone pass of their own."""
+    per-(model, repeat, fold) head training, and the border-only control's (per controlled
+    model one extraction, then its folds of repeat 0); a failing model yields an error
+    entry, not a failure. Repeats reuse the model's features: no backbone pass of their own."""
     logger = get_run_logger()
     cfg = BenchmarkConfig.from_dict(config)
-    pairs = [(m, r, k) for m in cfg.models for r in range(cfg.repeats)
-             for k in range(cfg.folds)]
-    progress = create_progress_artifact(progress=0.0, key="training-progress",
-                                        description=f"{len(pairs)} (model, repeat, fold) tasks")
+    controlled = cfg.controlled_models
+    logger.info(controls.cost_line(cfg, n_images))
+    jobs = [(m, r, k, False) for m in cfg.models for r in range(cfg.repeats)
+            for k in range(cfg.folds)] + [(m, 0, k, True) for m in controlled
+                                          for k in range(cfg.folds)]
+    progress = create_progress_artifact(
+        progress=0.0, key="training-progress",
+        description=f"{len(jobs)} (model, repeat, fold) tasks, border-only control included")
     gpu_work = dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext()
     # Dask priority = expected GMACs (a float: higher runs first, small data sets keep order)
     costs = {m: expected_cost(m, cfg, n_images) for m in cfg.models}
     t0 = time.perf_counter()
-    extract = {}
-    if cfg.mode == "cached":
-        with gpu_work:
-            for model in sorted(cfg.models, key=costs.get, reverse=True):
-                with dask.annotate(priority=costs[model]):
-                    extract[model] = extract_features_task.submit(dataset_uri, model, config,
-                                                                  out)
+    extract: dict[tuple[str, bool], Any] = {}
+    for model, control in sorted({(m, False) for m in cfg.models if cfg.mode == "cached"}
+                                 | {(m, True) for m in controlled},
+                                 key=lambda mc: (mc[1], -costs[mc[0]])):
+        name = f"extract-{model}-control" if control else f"extract-{model}"
+        cost = expected_cost(model, cfg, n_images, control)
+        with gpu_work, dask.annotate(priority=cost):
+            extract[model, control] = extract_features_task.with_options(
+                task_run_name=name).submit(dataset_uri, model, config, out, control=control)
     futures = {}
-    for model, repeat, fold in pairs:
-        if cfg.mode == "cached":
+    for model, repeat, fold, control in jobs:
+        if control:
+            fut = train_fold_task.with_options(
+                task_run_name=f"train-{model}-control-fold-{fold}").submit(
+                dataset_uri, model, fold, config, out, features=extract[model, True],
+                control=True)
+        elif cfg.mode == "cached":
             # the extraction's result says which features (root, precision, weights) to read
             fut = train_fold_task.submit(dataset_uri, model, fold, config, out,
-                                         features=extract[model], repeat=repeat)
+                                         features=extract[model, False], repeat=repeat)
         else:
             with gpu_work, dask.annotate(priority=costs[model]):
                 fut = train_fold_task.submit(dataset_uri, model, fold, config, out)
-        futures[fut] = (model, repeat, fold)
+        futures[fut] = (model, repeat, fold, control)
     records: list[dict] = []
+    control_records: list[dict] = []
     failures: dict[str, str] = {}
+    control_failures: dict[str, str] = {}
     for done, fut in enumerate(as_completed(list(futures)), start=1):
-        model, repeat, fold = futures[fut]
+        model, repeat, fold, control = futures[fut]
         where = f"fold {fold}" if repeat == 0 else f"repeat {repeat} fold {fold}"
         try:
-            records.append(fut.result())
+            (control_records if control else records).append(fut.result())
         except Exception as exc:  # noqa: BLE001 - a failed model must not fail the flow
-            cause = extract_error(extract.get(model)) or one_line(exc)
-            failures.setdefault(model, f"{where}: {cause}")
-            logger.error("model %s %s failed: %s", model, where, cause)
-        update_progress_artifact(progress, progress=100.0 * done / len(pairs))
+            cause = extract_error(extract.get((model, control))) or one_line(exc)
+            (control_failures if control else failures).setdefault(model, f"{where}: {cause}")
+            logger.error("model %s %s%s failed: %s", model,
+                         "border-only control " if control else "", where, cause)
+        update_progress_artifact(progress, progress=100.0 * done / len(jobs))
     wall = time.perf_counter() - t0
-    extraction = [f.result() for f in extract.values() if f.state.is_completed()]
+    extraction = {key: f.result() for key, f in extract.items() if f.state.is_completed()}
     reused = sum(1 for r in records if r.get("reused"))
-    log_makespan(logger, extraction, records, wall, n_workers)
-    logger.info("%d fold results, %d reused from earlier runs, %d failed models",
-                len(records), reused, len(failures))
+    log_makespan(logger, list(extraction.values()), records + control_records, wall,
+                 n_workers)
+    logger.info("%d fold results, %d reused from earlier runs, %d failed models; border-only "
+                "control: %d fold results, %d reused, %d failed models", len(records), reused,
+                len(failures), len(control_records),
+                sum(1 for r in control_records if r.get("reused")), len(control_failures))
     return {"records": records, "failures": failures, "reused": reused,
-            "extraction": extraction, "wall_seconds": wall}
+            "extraction": [e for (_, c), e in extraction.items() if not c],
+            "control": {"records": control_records, "failures": control_failures,
+                        "extraction": [e for (_, c), e in extraction.items() if c]},
+            "wall_seconds": wall}
 
 
 def extract_error(fut) -> str | None:
@@ -224,10 +249,12 @@ def covid_benchmark(
         input_sizes={m: cfg.input_size or zoo.get(m).input_size for m in cfg.models},
         dataset_uri=dataset["uri"], bootstrap_resamples=cfg.bootstrap_resamples,
         alpha=cfg.alpha, seed=cfg.seed, warnings=tuple(warnings),
+        control_box=cfg.control_box if cfg.controlled_models else None,
     )
     folders = [results_root(out, dataset["version"], cfg), out]
     board = aggregate(trained["records"] + baseline, failures,
-                      [*cfg.models, BASELINE], context.__dict__, folders)
+                      [*cfg.models, BASELINE], context.__dict__, folders,
+                      control={k: trained["control"][k] for k in ("records", "failures")})
     return {
         "flow_run_id": str(flow_run.id),
         "dataset_version": dataset["version"],
@@ -237,5 +264,8 @@ def covid_benchmark(
         "reused": trained["reused"],
         "failures": failures,
         "extraction": trained["extraction"],
+        "control": {"failures": trained["control"]["failures"],
+                    "extraction": trained["control"]["extraction"],
+                    "reused": sum(1 for r in trained["control"]["records"] if r.get("reused"))},
         "results": folders[0],
     }

@@ -17,6 +17,9 @@ from tasks.retries import RETRY
     # Features are reused per image from the content-addressed cache under <out>/features.
     cache_policy=NO_CACHE,
 )
-def extract_features_task(dataset_uri: str, model: str, config: dict, out: str) -> dict:
-    """Run the frozen backbone over every image and view the cache lacks."""
-    return extract_features(dataset_uri, model, BenchmarkConfig.from_dict(config), out)
+def extract_features_task(dataset_uri: str, model: str, config: dict, out: str,
+                          control: bool = False, views: int | None = None) -> dict:
+    """Run the frozen backbone over every image and view the cache lacks (``control``: of
+    the images with the central box blacked out; ``views`` 0: a test-only data set)."""
+    return extract_features(dataset_uri, model, BenchmarkConfig.from_dict(config), out,
+                            control, views)

@@ -11,12 +11,14 @@ from covid_pipeline import layout, leaderboard
 
 @task(name="aggregate", cache_policy=NO_CACHE)
 def aggregate(records: list[dict], failures: dict[str, str], models: list[str],
-              context: dict, folders: list[str]) -> dict:
-    """Write leaderboard.csv/.md/.png and publish the ``leaderboard`` artifacts."""
+              context: dict, folders: list[str], control: dict | None = None) -> dict:
+    """Write leaderboard.csv/.md/.png and publish the ``leaderboard`` artifacts.
+
+    ``control``: the border-only control's {"records", "failures"}."""
     ctx = leaderboard.LeaderboardContext(**context)
     manifest = layout.dataset_manifest(ctx.dataset_uri) if ctx.dataset_uri else None
     predictions = leaderboard.pooled_predictions(records, manifest)
-    table = leaderboard.build(records, failures, models, ctx, predictions)
+    table = leaderboard.build(records, failures, models, ctx, predictions, control)
     uris = leaderboard.write(table, ctx, folders)
     rows = table.astype(object).where(table.notna(), None).to_dict("records")
     create_table_artifact(table=rows, key="leaderboard",

@@ -20,12 +20,14 @@ from tasks.retries import RETRY
     cache_policy=NO_CACHE,
 )
 def train_fold_task(dataset_uri: str, model: str, fold: int, config: dict, out: str,
-                    features: dict | None = None, repeat: int = 0) -> dict:
+                    features: dict | None = None, repeat: int = 0,
+                    control: bool = False) -> dict:
     """Train and evaluate one model on one fold of one repeat; return its metrics record.
 
-    ``features``: the extraction task's result (cached mode): which features to read."""
+    ``features``: the extraction task's result (cached mode): which features to read.
+    ``control``: the border-only control's fold (central box blacked out)."""
     return train_fold(dataset_uri, model, fold, BenchmarkConfig.from_dict(config), out,
-                      features, repeat)
+                      features, repeat, control)
 
 
 @task(name="acquisition-baseline", **RETRY, cache_policy=NO_CACHE)

@@ -145,6 +145,18 @@ def test_acceptance_real_samples_smoke_preset_held_out_patients(shared_data, tmp
     artifact = [a for a in read_artifact("confounds")
                 if str(a.flow_run_id) == result["flow_run_id"]]
     assert artifact and "telling the sources apart" in artifact[0].data
+    # the border-only control ran for both smoke models, on the same folds, at its stated
+    # cost (44 images x (1 rotated view + 1)), and fills its columns
+    assert sorted((e["model"], e["backbone_passes"]) for e in result["control"]["extraction"]
+                  ) == [("ResNet50", 88), ("VGG16", 88)]
+    for model in ("ResNet50", "VGG16"):
+        assert full.loc[model, "control_status"] == "ok"
+        assert 0 <= full.loc[model, "control_auc"] <= 1
+        assert full.loc[model, "control_auc_drop"] == pytest.approx(
+            full.loc[model, "auc_mean"] - full.loc[model, "control_auc"])
+        assert 0 <= full.loc[model, "control_balanced_accuracy"] <= 1
+    assert "**Border-only control** (the central 60% of each side blacked out" in (
+        tmp_path / "leaderboard.md").read_text()
 
     dataset = storage.join(str(tmp_path), "datasets", result["dataset_version"])
     manifest = read_parquet(storage.join(dataset, "manifest.parquet")).set_index("image_id")
@@ -157,6 +169,9 @@ def test_acceptance_real_samples_smoke_preset_held_out_patients(shared_data, tmp
             assert len(preds) == int((manifest["fold"] == fold).sum())
             trained_patients = set(manifest[manifest["fold"] != fold]["patient_id"])
             assert not set(tested["patient_id"]) & trained_patients
+            control = pd.read_parquet(
+                f"{result['results']}/{model}/control/fold-{fold}.predictions.parquet")
+            assert sorted(control["image_id"]) == sorted(preds["image_id"])  # same folds
 
 
 def test_rerun_after_adding_images_extracts_only_new_ones(prefect_api, tmp_path):
