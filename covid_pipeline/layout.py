@@ -116,6 +116,14 @@ def fold_predictions(results_uri: str, model: str, fold: int, repeat: int = 0,
                 f"fold-{fold}.predictions.parquet")
 
 
+def external_result(results_uri: str, model: str, external_version: str) -> str:
+    return join(results_uri, model, f"external-{external_version}.json")
+
+
+def external_predictions(results_uri: str, model: str, external_version: str) -> str:
+    return join(results_uri, model, f"external-{external_version}.predictions.parquet")
+
+
 def leaderboard(folder: str, ext: str) -> str:
     return join(folder, f"leaderboard.{ext}")
 

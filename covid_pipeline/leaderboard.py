@@ -15,6 +15,7 @@ import pandas as pd
 
 from covid_pipeline import control as controls
 from covid_pipeline import evaluation, layout, storage, zoo
+from covid_pipeline import external as externals
 from covid_pipeline.baseline import NAME as BASELINE
 from covid_pipeline.evaluation import CI_METRICS
 from covid_pipeline.metrics import METRICS, summarise
@@ -41,6 +42,7 @@ class LeaderboardContext:
     seed: int = 42
     warnings: tuple[str, ...] = ()  # the dataset's confound warnings, stated on top
     control_box: float | None = None  # the border-only control's box, when it ran
+    external: dict[str, Any] | None = None  # the external set's version, counts, dropped_in_cv
 
 
 COMPARED = ("balanced_accuracy", "auc")  # fold scores compared with the best CNN's
@@ -70,13 +72,16 @@ def pooled_predictions(records: list[dict[str, Any]], manifest_uri: str | None
 
 def build(records: list[dict[str, Any]], failures: dict[str, str], models: list[str],
           ctx: LeaderboardContext, predictions: pd.DataFrame | None = None,
-          control: dict[str, Any] | None = None) -> pd.DataFrame:
+          control: dict[str, Any] | None = None, external: dict[str, Any] | None = None
+          ) -> pd.DataFrame:
     """One row per model; models with failed folds keep a row whose ``status`` says why.
 
     With ``predictions`` (:func:`pooled_predictions`), each ranked row also gets 95 %
     intervals of its pooled out-of-fold metrics and its comparison with the best model.
     With ``control`` ({"records": [...], "failures": {...}} of the border-only control),
-    the control's columns (:data:`control.COLUMNS`, ``control_status``).
+    the control's columns (:data:`control.COLUMNS`, ``control_status``). With
+    ``external`` (the same for the external test set), ``external_<metric>`` with
+    intervals, ``external_n``, ``external_status`` and ``external_note``.
     """
     by_model: dict[str, list[dict]] = {m: [] for m in models}
     for rec in records:
@@ -114,6 +119,8 @@ def build(records: list[dict[str, Any]], failures: dict[str, str], models: list[
     out["input_size"] = out["input_size"].astype("Int64")  # None for the baseline row
     out = add_uncertainty(out, by_model, predictions, ctx)
     out = add_control(out, control, ctx)
+    if external is not None:
+        out = add_external(out, external, ctx)
     out["dataset_version"] = ctx.dataset_version
     out["group_by"] = ctx.group_by
     out["config_hash"] = ctx.config_hash
@@ -194,6 +201,28 @@ def add_control(table: pd.DataFrame, control: dict[str, Any] | None,
     for metric in ("auc", "balanced_accuracy"):
         table[f"control_{metric}_drop"] = (table[f"{metric}_mean"].astype(float)
                                            - table[f"control_{metric}"].astype(float))
+    return table
+
+
+def add_external(table: pd.DataFrame, external: dict[str, Any], ctx: LeaderboardContext
+                 ) -> pd.DataFrame:
+    """Each model's external-test cells (:func:`external.summary`) and status."""
+    table = table.copy()
+    rows = {r["model"]: externals.summary(r, ctx.bootstrap_resamples, ctx.seed)
+            for r in external.get("records", [])}
+    columns = ["external_n"] + [f"external_{m}{s}" for m in CI_METRICS
+                                for s in ("", "_ci_low", "_ci_high")]
+    for col in columns:
+        table[col] = float("nan")
+    table["external_status"] = None
+    table["external_note"] = None
+    for model, values in rows.items():
+        for key, value in values.items():
+            table.loc[table["model"] == model, key] = value
+        table.loc[table["model"] == model, "external_status"] = "ok"
+    for model, why in external.get("failures", {}).items():
+        table.loc[table["model"] == model, "external_status"] = f"failed: {why}"
+    table["external_n"] = table["external_n"].astype("Int64")
     return table
 
 
@@ -363,7 +392,41 @@ def to_markdown(df: pd.DataFrame, ctx: LeaderboardContext) -> str:
         lines.append(f"| {rank} | {r['model']} | {_text(r['input_size'])} | "
                      + " | ".join(cells)
                      + f" | {r['status']} |")
+    if ctx.external is not None and "external_status" in df:
+        lines += ["", *external_markdown(df, ctx.external)]
     return "\n".join(lines) + "\n"
+
+
+def external_markdown(df: pd.DataFrame, ext: dict[str, Any]) -> list[str]:
+    """The external test set's section: counts, what was dropped, one row per model."""
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(ext["counts"].items()))
+    lines = [f"## External test set `{ext['version']}`", "",
+             f"Images per class: {counts}; {ext['dropped_in_cv']} images dropped as also in "
+             "the cross-validation data (same sha256). Each model's head was trained once on "
+             "all cross-validation images (the same settings) and predicted these. Each cell: "
+             "estimate [95 % interval, patient-level bootstrap].", ""]
+    notes = {n for n in df["external_note"] if isinstance(n, str)}
+    lines += [f"> **Note:** {n}." for n in sorted(notes)]
+    if notes:
+        lines.append("")
+    lines += ["| model | balanced acc. | AUC | sensitivity | specificity | F1 | status |",
+              "|---|---|---|---|---|---|---|"]
+    rows = df[df["external_status"].notna()]
+    for r in rows.to_dict("records"):
+        cells = [_interval(r, f"external_{m}") for m in ("balanced_accuracy", "auc",
+                                                          "sensitivity", "specificity", "f1")]
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + f" | {r['external_status']} |")
+    return lines
+
+
+def _interval(row: dict, column: str) -> str:
+    value = row.get(column)
+    if _missing(value):
+        return "–"
+    low, high = row.get(f"{column}_ci_low"), row.get(f"{column}_ci_high")
+    if _missing(low) or _missing(high):
+        return f"{value:.3f}"
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def _missing(value: Any) -> bool:

@@ -30,6 +30,7 @@ from covid_pipeline.sources import parse_source
 from covid_pipeline.training import results_root, write_resolved_config
 from flows import credentials
 from tasks.data import balance_and_folds, confound_report, ingest_sources, write_shards
+from tasks.external import external_dataset, train_external_task
 from tasks.features import extract_features_task
 from tasks.report import aggregate
 from tasks.training import train_baseline_task, train_fold_task
@@ -55,11 +56,13 @@ def expected_cost(model: str, cfg: BenchmarkConfig, n_images: int,
 
 @flow(name="train-models", log_prints=True)
 def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_workers: int = 1,
-                 gpu: bool = False) -> dict:
+                 gpu: bool = False, external_uri: str | None = None) -> dict:
     """Fan out the GPU work (per model in ``cached`` mode, per fold in ``online``) and the
     per-(model, repeat, fold) head training, and the border-only control's (per controlled
     model one extraction, then its folds of repeat 0); a failing model yields an error
-    entry, not a failure. Repeats reuse the model's features: no backbone pass of their own."""
+    entry, not a failure. Repeats reuse the model's features: no backbone pass of their own.
+    With ``external_uri``, each model's head is also trained once on all CV images (cached
+    features, extracted in either mode) and predicts that external set."""
     logger = get_run_logger()
     cfg = BenchmarkConfig.from_dict(config)
     controlled = cfg.controlled_models
@@ -75,7 +78,8 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
     costs = {m: expected_cost(m, cfg, n_images) for m in cfg.models}
     t0 = time.perf_counter()
     extract: dict[tuple[str, bool], Any] = {}
-    for model, control in sorted({(m, False) for m in cfg.models if cfg.mode == "cached"}
+    cached = cfg.mode == "cached" or external_uri is not None
+    for model, control in sorted({(m, False) for m in cfg.models if cached}
                                  | {(m, True) for m in controlled},
                                  key=lambda mc: (mc[1], -costs[mc[0]])):
         name = f"extract-{model}-control" if control else f"extract-{model}"
@@ -83,6 +87,16 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
         with gpu_work, dask.annotate(priority=cost):
             extract[model, control] = extract_features_task.with_options(
                 task_run_name=name).submit(dataset_uri, model, config, out, control=control)
+    external: dict[Any, str] = {}
+    if external_uri:
+        for model in cfg.models:
+            with gpu_work:
+                test_features = extract_features_task.with_options(
+                    task_run_name=f"extract-{model}-external").submit(
+                    external_uri, model, config, out, views=0)
+            external[train_external_task.submit(
+                dataset_uri, external_uri, model, config, out, extract[model, False],
+                test_features)] = model
     futures = {}
     for model, repeat, fold, control in jobs:
         if control:
@@ -113,6 +127,14 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
             logger.error("model %s %s%s failed: %s", model,
                          "border-only control " if control else "", where, cause)
         update_progress_artifact(progress, progress=100.0 * done / len(jobs))
+    external_records, external_failures = [], {}
+    for fut, model in external.items():
+        try:
+            external_records.append(fut.result())
+        except Exception as exc:  # noqa: BLE001 - the CV results stand without it
+            external_failures[model] = extract_error(extract.get((model, False))) or one_line(
+                exc)
+            logger.error("model %s external test failed: %s", model, external_failures[model])
     wall = time.perf_counter() - t0
     extraction = {key: f.result() for key, f in extract.items() if f.state.is_completed()}
     reused = sum(1 for r in records if r.get("reused"))
@@ -126,6 +148,7 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
             "extraction": [e for (_, c), e in extraction.items() if not c],
             "control": {"records": control_records, "failures": control_failures,
                         "extraction": [e for (_, c), e in extraction.items() if c]},
+            "external": {"records": external_records, "failures": external_failures},
             "wall_seconds": wall}
 
 
@@ -175,6 +198,7 @@ def covid_benchmark(
     preset: str | None = None,
     config_file: str | None = None,
     weights_source: str | None = None,
+    external: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark on ``sources`` and write the leaderboard under ``out``.
 
@@ -192,6 +216,9 @@ def covid_benchmark(
             `config` (leave empty).
         config_file: the same, a config YAML on the flow's machine (leave empty).
         weights_source: the same, the weights setting over either (leave empty).
+        external: external test sets as KIND=URI, ingested into a dataset version of their
+            own (never balanced or folded; images also in the CV data dropped); each model's
+            head, trained once on all CV images, predicts them.
     """
     logger = get_run_logger()
     if triggered_by:
@@ -206,6 +233,7 @@ def covid_benchmark(
                 cfg.config_hash(), cfg.name, ", ".join(cfg.models), cfg.folds, cfg.epochs,
                 cfg.mode, cfg.weights)
     specs = [parse_source(s) for s in sources]  # validate before any work
+    external_specs = [parse_source(s) for s in external or []]
     settings = cfg.data
     spec = clusters.resolve(cluster, len(cfg.models) * cfg.folds, workers)
     n_workers, n_gpus = clusters.size(spec)  # an existing cluster is checked before any work
@@ -225,13 +253,19 @@ def covid_benchmark(
     for text in warnings:
         logger.warning("confound: %s", text)
 
+    ext = None
+    if external_specs:
+        ext = external_dataset([str(s) for s in external_specs], out, data, dataset["uri"])
+        logger.info("external set %s: %s; %d images dropped as also in the CV data",
+                    ext["dataset"]["version"], ext["dataset"]["counts"], ext["dropped_in_cv"])
+
     write_resolved_config(out, dataset["version"], cfg)
     runner = (ThreadPoolTaskRunner(max_workers=1) if spec.threads
               else DaskTaskRunner(**spec.runner_kwargs()))
     n_images = sum(dataset["counts"].values())
     trained = train_models.with_options(task_runner=runner)(
-        dataset["uri"], cfg.as_dict(), out, n_images, n_workers, n_gpus > 0
-    )
+        dataset["uri"], cfg.as_dict(), out, n_images, n_workers, n_gpus > 0,
+        ext["dataset"]["uri"] if ext else None)
 
     # the acquisition-only baseline on the same folds, ranked with the models; its failure
     # leaves a row saying why, like a model's
@@ -250,11 +284,14 @@ def covid_benchmark(
         dataset_uri=dataset["uri"], bootstrap_resamples=cfg.bootstrap_resamples,
         alpha=cfg.alpha, seed=cfg.seed, warnings=tuple(warnings),
         control_box=cfg.control_box if cfg.controlled_models else None,
+        external=({"version": ext["dataset"]["version"], "counts": ext["dataset"]["counts"],
+                   "dropped_in_cv": ext["dropped_in_cv"]} if ext else None),
     )
     folders = [results_root(out, dataset["version"], cfg), out]
     board = aggregate(trained["records"] + baseline, failures,
                       [*cfg.models, BASELINE], context.__dict__, folders,
-                      control={k: trained["control"][k] for k in ("records", "failures")})
+                      control={k: trained["control"][k] for k in ("records", "failures")},
+                      external=trained["external"] if ext else None)
     return {
         "flow_run_id": str(flow_run.id),
         "dataset_version": dataset["version"],
@@ -267,5 +304,6 @@ def covid_benchmark(
         "control": {"failures": trained["control"]["failures"],
                     "extraction": trained["control"]["extraction"],
                     "reused": sum(1 for r in trained["control"]["records"] if r.get("reused"))},
+        "external": ({**ext, "failures": trained["external"]["failures"]} if ext else None),
         "results": folders[0],
     }

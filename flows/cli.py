@@ -23,6 +23,10 @@ from flows.credentials import check_block_name
 
 def add_run_options(p: argparse.ArgumentParser, out_default: str | None = None) -> None:
     cli.add_data_options(p)
+    p.add_argument("--external", action="append", default=[], metavar="KIND=URI",
+                   help="an external test set (any source layout; repeatable): never "
+                        "balanced or folded, images also in the CV data dropped; each "
+                        "model's head trained on all CV images predicts it")
     p.add_argument("--preset", default=None, help="a preset name (see `models --presets`)")
     p.add_argument("--config", default=None, help="a YAML config file (keys as in presets)")
     cli.add_config_options(p, [k for k in cli_fields() if k not in DATA_FIELDS])
@@ -40,7 +44,7 @@ def resolve_run(args: argparse.Namespace, sources: list[str], preset: str) -> Be
     """Validate every parameter (cheaply, before Prefect starts); return the config."""
     cfg = resolve_config(preset=preset, config_file=args.config, **cli.config_overrides(args))
     weights.missing(cfg)  # a --weights path that does not exist is refused here, cheaply
-    for s in sources:
+    for s in [*sources, *args.external]:
         parse_source(s)
     check_cluster(args.cluster)
     if args.workers is not None and args.workers < 1:
@@ -59,12 +63,17 @@ def run_benchmark(args: argparse.Namespace, sources: list[str], cfg: BenchmarkCo
 
     with prefect_api():
         return covid_benchmark(sources=sources, out=args.out, config=cfg, cluster=args.cluster,
-                               workers=args.workers, credentials_block=args.credentials_block)
+                               workers=args.workers, credentials_block=args.credentials_block,
+                               external=list(args.external) or None)
 
 
 def print_result(result: dict) -> None:
     print(f"dataset version: {result['dataset_version']}  config: {result['config_hash']}")
     print(f"fold results reused from earlier runs: {result['reused']}")
+    if result.get("external"):
+        ext = result["external"]
+        print(f"external test set: {ext['dataset']['version']} {ext['dataset']['counts']}, "
+              f"{ext['dropped_in_cv']} images dropped as also in the CV data")
     for model, why in result["failures"].items():
         print(f"FAILED {model}: {why}")
     print(storage.read_text(result["leaderboard"]["md"]))

@@ -11,14 +11,16 @@ from covid_pipeline import layout, leaderboard
 
 @task(name="aggregate", cache_policy=NO_CACHE)
 def aggregate(records: list[dict], failures: dict[str, str], models: list[str],
-              context: dict, folders: list[str], control: dict | None = None) -> dict:
+              context: dict, folders: list[str], control: dict | None = None,
+              external: dict | None = None) -> dict:
     """Write leaderboard.csv/.md/.png and publish the ``leaderboard`` artifacts.
 
-    ``control``: the border-only control's {"records", "failures"}."""
+    ``control``, ``external``: the border-only control's and the external test's
+    {"records", "failures"}."""
     ctx = leaderboard.LeaderboardContext(**context)
     manifest = layout.dataset_manifest(ctx.dataset_uri) if ctx.dataset_uri else None
     predictions = leaderboard.pooled_predictions(records, manifest)
-    table = leaderboard.build(records, failures, models, ctx, predictions, control)
+    table = leaderboard.build(records, failures, models, ctx, predictions, control, external)
     uris = leaderboard.write(table, ctx, folders)
     rows = table.astype(object).where(table.notna(), None).to_dict("records")
     create_table_artifact(table=rows, key="leaderboard",

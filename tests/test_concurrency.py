@@ -194,10 +194,16 @@ def test_two_benchmark_runs_at_once_share_features_and_results(prefect_api, synt
     (dataset,) = (out / "datasets").iterdir()
     assert verify_dataset(str(dataset)) == []
     n_images = len(read_parquet(str(dataset / "manifest.parquet")))
-    feature_files = sorted(out.glob("features/ResNet50/*/*/*.npy"))
-    assert len(feature_files) == n_images
-    shapes = {np.load(f, allow_pickle=False).shape for f in feature_files}
-    assert len(shapes) == 1 and next(iter(shapes))[0] == 3  # view 0 + one per epoch
+    # two feature roots: the full images' (view 0 + one per epoch) and the border-only
+    # control's (view 0 + its one rotated view); one intact file per image in each
+    rows = {}
+    for root in (out / "features" / "ResNet50").iterdir():
+        files = sorted(root.glob("*/*.npy"))
+        assert len(files) == n_images, root
+        shapes = {np.load(f, allow_pickle=False).shape for f in files}
+        assert len(shapes) == 1, shapes
+        rows[root.name] = next(iter(shapes))[0]
+    assert sorted(rows.values()) == [2, 3]
 
     folds = sorted(out.glob("results/*/*/ResNet50/fold-*.json"))
     assert [f.name for f in folds] == ["fold-0.json", "fold-1.json", "fold-2.json"]
