@@ -73,7 +73,8 @@ def cost_line(cfg: BenchmarkConfig, n_images: int) -> str:
     ctl = of(cfg)
     passes, main = n_images * (ctl.views + 1), main_passes(cfg, n_images)
     return (f"border-only control for {', '.join(models)}: central {ctl.box:.0%} of each side "
-            f"blacked out, {n_images} images x ({ctl.views} rotated views + 1) = {passes} "
+            f"blacked out, {n_images} images x ({ctl.views} rotated "
+            f"view{'s' if ctl.views != 1 else ''} + 1) = {passes} "
             f"backbone passes per model, {passes / max(main, 1):.1%} of the full images' "
             f"{main}; heads on the same folds, repeat 0")
 

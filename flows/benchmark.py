@@ -73,7 +73,10 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
     progress = create_progress_artifact(
         progress=0.0, key="training-progress",
         description=f"{len(jobs)} (model, repeat, fold) tasks, border-only control included")
-    gpu_work = dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext()
+
+    def gpu_work():  # a fresh context manager each time: one can be entered only once
+        return dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext()
+
     # Dask priority = expected GMACs (a float: higher runs first, small data sets keep order)
     costs = {m: expected_cost(m, cfg, n_images) for m in cfg.models}
     t0 = time.perf_counter()
@@ -84,13 +87,13 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
                                  key=lambda mc: (mc[1], -costs[mc[0]])):
         name = f"extract-{model}-control" if control else f"extract-{model}"
         cost = expected_cost(model, cfg, n_images, control)
-        with gpu_work, dask.annotate(priority=cost):
+        with gpu_work(), dask.annotate(priority=cost):
             extract[model, control] = extract_features_task.with_options(
                 task_run_name=name).submit(dataset_uri, model, config, out, control=control)
     external: dict[Any, str] = {}
     if external_uri:
         for model in cfg.models:
-            with gpu_work:
+            with gpu_work():
                 test_features = extract_features_task.with_options(
                     task_run_name=f"extract-{model}-external").submit(
                     external_uri, model, config, out, views=0)
@@ -109,7 +112,7 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
             fut = train_fold_task.submit(dataset_uri, model, fold, config, out,
                                          features=extract[model, False], repeat=repeat)
         else:
-            with gpu_work, dask.annotate(priority=costs[model]):
+            with gpu_work(), dask.annotate(priority=costs[model]):
                 fut = train_fold_task.submit(dataset_uri, model, fold, config, out)
         futures[fut] = (model, repeat, fold, control)
     records: list[dict] = []

@@ -20,7 +20,8 @@ def test_the_run_form_shows_the_configs_fields_with_types_and_defaults():
     schema = parameter_schema(covid_benchmark.fn).model_dump_for_openapi()
     assert set(schema["properties"]) == {"sources", "out", "config", "cluster", "workers",
                                          "triggered_by", "credentials_block",
-                                         "preset", "config_file", "weights_source"}
+                                         "preset", "config_file", "weights_source",
+                                         "external"}
     assert "paper preset" in schema["properties"]["config"]["description"]
     config = schema["definitions"]["BenchmarkConfig"]["properties"]
     assert config["epochs"]["default"] == 120 and config["epochs"]["minimum"] == 1

@@ -55,19 +55,20 @@ def test_extraction_runs_only_on_the_gpu_worker_heaviest_first(scheduler, synth_
                 start = min(s["start"] for s in record["startstops"])
                 tasks.append((start, str(record["key"]), names[record["worker"]]))
     extract, train = sorted(ran["extract"]), ran["train"]
-    # Two extraction tasks and two idle one-thread workers: without the GPU restriction
-    # Dask would give one to each worker.
-    assert [worker for _, _, worker in extract] == ["gpu0", "gpu0"], ran
-    assert len(train) == len(MODELS) * 2, ran  # head training: any worker
+    # Four extraction tasks (each model's full images and its border-only control's) and
+    # two idle one-thread workers: without the GPU restriction Dask would use both.
+    assert [worker for _, _, worker in extract] == ["gpu0"] * 4, ran
+    assert len(train) == len(MODELS) * 2 * 2, ran  # head training (control too): any worker
     assert all("resources" not in annotations[key] for _, key, _ in train)
     assert all(annotations[key]["resources"] == {"GPU": 1} for _, key, _ in extract)
-    # Dask priorities in proportion to the backbone work (images and views are the same for
-    # both models), and the heavier model (VGG16) extracted first.
-    first, second = (annotations[key]["priority"] for _, key, _ in extract)
+    # Dask priorities in proportion to the backbone work (with one epoch, both passes of an
+    # image for the full images and for the control), and the heavier model (VGG16) first.
+    priorities = [annotations[key]["priority"] for _, key, _ in extract]
     gmacs = [zoo.gmacs_at(zoo.get(m), 32) for m in MODELS]
-    assert first / second == pytest.approx(gmacs[0] / gmacs[1], rel=1e-6)
-    # The flow logs the makespan lower bound next to the wall time: 2 + 4 tasks, 2 workers.
+    assert max(priorities) / min(priorities) == pytest.approx(gmacs[0] / gmacs[1], rel=1e-6)
+    assert priorities[0] == max(priorities)
+    # The flow logs the makespan lower bound next to the wall time: 4 + 8 tasks, 2 workers.
     wall, bound = map(float, re.search(
-        r"wall ([\d.]+)s; makespan lower bound ([\d.]+)s \(6 tasks, 2 workers\)",
+        r"wall ([\d.]+)s; makespan lower bound ([\d.]+)s \(12 tasks, 2 workers\)",
         run.stdout + run.stderr).groups())
     assert 0 < bound <= wall
