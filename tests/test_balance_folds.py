@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from covid_pipeline.balance import balance
 from covid_pipeline.errors import DataError
@@ -35,6 +39,44 @@ def test_undersample_keeps_equal_counts_seeded_and_reports_dropped():
     assert list(out.image_id) == list(again.image_id)
     other, _ = balance(df, "undersample", seed=4)
     assert list(out.image_id) != list(other.image_id)
+
+
+def images(label: int, count: int, start: int = 0) -> pd.DataFrame:
+    ids = [f"{label}-{i}" for i in range(start, start + count)]
+    return pd.DataFrame({"image_id": ids, "patient_id": ids, "label": label,
+                         "label_name": LABEL_NAMES[label],
+                         "sha256": [hashlib.sha256(i.encode()).hexdigest() for i in ids]})
+
+
+def kept(df: pd.DataFrame, seed: int) -> dict[int, set[str]]:
+    out, _ = balance(df, "undersample", seed=seed)
+    return {c: set(out[out.label == c].image_id) for c in (0, 1)}
+
+
+@settings(max_examples=200, deadline=None)
+@given(n_pos=st.integers(1, 40), n_neg=st.integers(1, 40), added=st.integers(0, 12),
+       to=st.sampled_from([0, 1]), seed=st.integers(0, 2**32 - 1))
+def test_adding_k_images_changes_at_most_k_kept_images_and_a_larger_n_only_adds(
+        n_pos, n_neg, added, to, seed):
+    before = pd.concat([images(1, n_pos), images(0, n_neg)], ignore_index=True)
+    after = pd.concat([before, images(to, added, start=100)], ignore_index=True)
+    old, new = kept(before, seed), kept(after, seed)
+    n_old, n_new = min(n_pos, n_neg), min(n_pos + added * to, n_neg + added * (1 - to))
+    for c in (0, 1):
+        k = added if c == to else 0
+        assert len(old[c] - new[c]) <= k  # at most k of the kept images leave
+        assert len(new[c] - old[c]) <= k + (n_new - n_old)  # the rest: what a larger n adds
+        if k == 0:  # a class that got nothing keeps every kept image: n only grows
+            assert old[c] <= new[c]
+
+
+def test_undersampling_depends_on_content_not_row_position():
+    df = pd.concat([images(1, 30), images(0, 10)], ignore_index=True)
+    renamed = df.assign(image_id=[f"x{i}" for i in range(len(df))],
+                        patient_id=[f"x{i}" for i in range(len(df))])
+    a, _ = balance(df, "undersample", seed=7)
+    b, _ = balance(renamed, "undersample", seed=7)
+    assert sorted(a.sha256) == sorted(b.sha256)  # the same images, whatever their ids
 
 
 def test_none_and_class_weight_keep_everything():
