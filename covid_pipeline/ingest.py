@@ -10,14 +10,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import posixpath
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
 from covid_pipeline import imaging, layout, storage
 from covid_pipeline.errors import DataError
+from covid_pipeline.ingest_index import IngestIndex
 from covid_pipeline.manifest import (
     LABEL_NAMES,
     Candidate,
@@ -26,6 +29,7 @@ from covid_pipeline.manifest import (
     quarantine_frame,
 )
 from covid_pipeline.sources import SourceSpec, scan
+from covid_pipeline.storage import FileStat
 
 log = logging.getLogger(__name__)
 
@@ -48,44 +52,100 @@ def normalised_uri(out: str, sha256: str, size: int) -> str:
     return layout.normalised_image(out, sha256, size)
 
 
-def _read_one(cand: Candidate, out: str, size: int) -> dict | Rejected:
+def read_facts(uri: str, out: str, size: int, have_png: set[str] | None = None
+               ) -> dict[str, Any]:
+    """Read, hash and decode one file and write its normalised PNG (unless ``have_png``
+    holds its sha256); return its facts, or ``{"reason", "detail"}`` when it is rejected.
+
+    The facts depend on the file's bytes alone (no candidate metadata), so the ingest
+    index can stand in for this read while the file is unchanged.
+    """
     try:
-        data = storage.read_bytes(cand.uri)
+        data = storage.read_bytes(uri)
     except FileNotFoundError:
-        return Rejected(cand.source, cand.image_id, cand.uri, "missing_file",
-                        "the metadata names a file that does not exist")
+        return {"reason": "missing_file", "detail": "the metadata names a file that does not "
+                                                    "exist", "transient": True}
     except (OSError, storage.StorageError) as exc:
-        return Rejected(cand.source, cand.image_id, cand.uri, "unreadable", str(exc))
+        return {"reason": "unreadable", "detail": str(exc), "transient": True}
     sha = hashlib.sha256(data).hexdigest()
     try:
         img = imaging.decode(data)
     except imaging.ImageRejected as exc:
-        return Rejected(cand.source, cand.image_id, cand.uri, exc.reason, exc.detail)
+        return {"reason": exc.reason, "detail": exc.detail}
     target = normalised_uri(out, sha, size)
-    if not storage.exists(target):
+    if sha not in (have_png or ()) and not storage.exists(target):
         storage.write_bytes(target, imaging.encode_png(imaging.normalise(img.pixels, size)))
+    return {"sha256": sha, "width": img.width, "height": img.height,
+            "file_format": img.file_format, "bit_depth": img.bit_depth,
+            "colour_mode": img.colour_mode, "file_size": len(data),
+            "phash": imaging.phash(img.pixels), "patient_id": img.patient_id,
+            "view": img.view, "sex": img.sex, "age": img.age}
+
+
+def manifest_row(cand: Candidate, facts: dict[str, Any]) -> dict | Rejected:
+    """The manifest row of a candidate from its file's facts (or its rejection)."""
+    if "reason" in facts:
+        return Rejected(cand.source, cand.image_id, cand.uri, facts["reason"], facts["detail"])
     patient = cand.patient_id
-    if cand.fill_from_image and img.patient_id:
-        patient = f"{cand.source}:{img.patient_id}"
+    if cand.fill_from_image and facts["patient_id"]:
+        patient = f"{cand.source}:{facts['patient_id']}"
     return {
         "image_id": cand.image_id,
         "patient_id": patient,
         "label": cand.label,
         "label_name": LABEL_NAMES[cand.label],
         "source": cand.source,
-        "view": cand.view or img.view,
-        "sex": cand.sex or img.sex,
-        "age": cand.age if cand.age is not None else img.age,
+        "view": cand.view or facts["view"],
+        "sex": cand.sex or facts["sex"],
+        "age": cand.age if cand.age is not None else facts["age"],
         "uri": cand.uri,
-        "sha256": sha,
-        "width": img.width,
-        "height": img.height,
-        "file_format": img.file_format,
-        "bit_depth": img.bit_depth,
-        "colour_mode": img.colour_mode,
-        "file_size": len(data),
-        "phash": imaging.phash(img.pixels),
+        **{k: facts[k] for k in FACT_COLUMNS},
     }
+
+
+FACT_COLUMNS = ("sha256", "width", "height", "file_format", "bit_depth", "colour_mode",
+                "file_size", "phash")
+CHUNK = 512  # candidates read between two writes of the ingest index
+
+
+def read_candidates(candidates: list[Candidate], out: str, size: int, workers: int,
+                    index: IngestIndex | None = None,
+                    stats: dict[str, FileStat] | None = None) -> list[dict | Rejected]:
+    """Manifest rows or rejections of ``candidates``, in order: from the ingest index for
+    files it knows at their current size and version (and whose PNG exists), else read.
+    Reads go in chunks of :data:`CHUNK`; the index is saved after each."""
+    stats = stats or {}
+    have_png = _stored_pngs(out, size) if index is not None else set()
+    results: list[dict | Rejected] = []
+    reads = 0
+    for start in range(0, len(candidates), CHUNK):
+        chunk = candidates[start : start + CHUNK]
+        known = [index.lookup(c.uri, stats.get(c.uri)) if index is not None else None
+                 for c in chunk]
+        known = [f if f is not None and ("reason" in f or f["sha256"] in have_png) else None
+                 for f in known]
+        todo = [c for c, f in zip(chunk, known, strict=True) if f is None]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            read = iter(list(pool.map(lambda c: read_facts(c.uri, out, size, have_png), todo)))
+        facts = [f if f is not None else next(read) for f in known]
+        if index is not None and todo:
+            for cand, fact in zip(chunk, facts, strict=True):
+                if not fact.get("transient"):
+                    index.record(cand.uri, stats.get(cand.uri), fact)
+            index.save()
+        results += [manifest_row(c, f) for c, f in zip(chunk, facts, strict=True)]
+        reads += len(todo)
+    if index is not None:
+        log.info("ingest: %d files read, %d known from the ingest index", reads,
+                 len(candidates) - reads)
+    return results
+
+
+def _stored_pngs(out: str, size: int) -> set[str]:
+    """sha256 of every normalised PNG at ``size``, from one listing."""
+    return {posixpath.basename(rel)[: -len(".png")]
+            for rel in storage.file_sizes(layout.normalised_images(out, size))
+            if rel.endswith(".png")}
 
 
 def candidate_frame(candidates: list[Candidate]) -> pd.DataFrame:
@@ -108,25 +168,32 @@ def ingest(
     options: dict[str, dict] | None = None,
     threads: int | None = None,
     precheck: Callable[[pd.DataFrame], None] | None = None,
+    incremental: bool = True,
 ) -> IngestResult:
     """Scan every source, read every candidate image, and return manifest + quarantine.
 
     ``precheck`` gets the candidates (``label``, ``patient_id``) before any image is read or
     written, to fail early on a data set that cannot succeed (it raises DataError).
+    ``incremental``: files the ingest index knows at their current size and version are
+    not read again (the result is the same as a cold ingest's: tests/test_ingest_index.py).
     """
     if not specs:
         raise DataError("no --source given; add e.g. --source ieee8023=/data/covid-chestxray")
     rejected: list[Rejected] = []
     candidates: list[Candidate] = []
     excluded: dict[str, dict[str, int]] = {}
-    for spec in specs:
-        result = scan(spec, (options or {}).get(spec.kind))
-        candidates.extend(result.candidates)
-        rejected.extend(result.rejected)
-        if result.excluded:
-            bucket = excluded.setdefault(spec.kind, {})
-            for reason, n in result.excluded.items():
-                bucket[reason] = bucket.get(reason, 0) + n
+    stats: dict[str, FileStat] = {}
+    with storage.listing_scope():  # one listing per source: the scan's and the index's
+        for spec in specs:
+            if incremental:
+                stats.update(storage.file_stats(spec.uri))
+            result = scan(spec, (options or {}).get(spec.kind))
+            candidates.extend(result.candidates)
+            rejected.extend(result.rejected)
+            if result.excluded:
+                bucket = excluded.setdefault(spec.kind, {})
+                for reason, n in result.excluded.items():
+                    bucket[reason] = bucket.get(reason, 0) + n
 
     unique: list[Candidate] = []
     seen_ids: set[str] = set()
@@ -141,8 +208,11 @@ def ingest(
         precheck(candidate_frame(unique))
 
     workers = threads or min(16, 2 * (os.cpu_count() or 1) + 2)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda c: _read_one(c, out, image_size), unique))
+    index = IngestIndex(out) if incremental else None
+    results = read_candidates(unique, out, image_size, workers, index, stats)
+    if index is not None:
+        index.forget_missing([s.uri for s in specs], set(stats))
+        index.save()
 
     rows: list[dict] = []
     by_sha: dict[str, str] = {}

@@ -4,6 +4,7 @@
 
     <out>/
       cache/png-<size>/<sha[:2]>/<sha256>.png      normalised images, by content
+      index/ingest.parquet                         what reading each source file gave
       staging/<step>-<hash>/{manifest,quarantine}.parquet, report.json
       datasets/<version>/                          one dataset version (see shards.py)
         manifest.parquet, quarantine.parquet, dataset.json, confounds.{json,md}
@@ -32,6 +33,16 @@ LEADERBOARD_FILES = ("csv", "md", "png")
 
 def normalised_image(out: str, sha256: str, size: int) -> str:
     return join(out, "cache", f"png-{size}", sha256[:2], f"{sha256}.png")
+
+
+def ingest_index(out: str) -> str:
+    """What reading each source file gave, by URI, size and version (ingest_index.py)."""
+    return join(out, "index", "ingest.parquet")
+
+
+def normalised_images(out: str, size: int) -> str:
+    """The folder of :func:`normalised_image` files at one size."""
+    return join(out, "cache", f"png-{size}")
 
 
 def staging(out: str, step: str, digest: str) -> str:

@@ -8,12 +8,14 @@ an object only when its upload completes, which gives the same guarantee.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
 import posixpath
 import tempfile
 import uuid
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -118,8 +120,75 @@ def write_json(uri: str, obj: Any) -> str:
     return write_text(uri, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+class FileStat(NamedTuple):
+    """What identifies a file's bytes without reading them: its size and a version token
+    (local: mtime and ctime in ns and the inode, so a file replaced in place is seen even
+    when its mtime was kept; object stores: the version id or ETag)."""
+
+    size: int
+    token: str
+
+
+# the listings of a listing scope: {source root URI: {file URI: FileStat}}
+_LISTINGS: contextvars.ContextVar[dict[str, dict[str, FileStat]] | None] = (
+    contextvars.ContextVar("covid_pipeline_listings", default=None))
+
+
+@contextlib.contextmanager
+def listing_scope() -> Iterator[None]:
+    """Within it, :func:`list_files` under a folder that :func:`file_stats` listed is
+    answered from that listing (one listing per source per run)."""
+    token = _LISTINGS.set({})
+    try:
+        yield
+    finally:
+        _LISTINGS.reset(token)
+
+
+def _version_token(fs: fsspec.AbstractFileSystem, path: str, info: dict[str, Any]) -> str:
+    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        st = os.stat(path)
+        return f"{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+    for key in ("VersionId", "version_id", "ETag", "etag", "LastModified", "mtime"):
+        if info.get(key):
+            return f"{key}:{info[key]}"
+    return ""  # nothing identifies this file's version: never trusted without reading
+
+
+def file_stats(uri: str) -> dict[str, FileStat]:
+    """Size and version token of every file under a folder URI, keyed by file URI: one
+    recursive listing (on S3 one LIST request per 1,000 objects), no reads."""
+    fs, path = filesystem(uri)
+    fs.invalidate_cache(path)
+    try:
+        found = fs.find(path, detail=True)
+    except FileNotFoundError:
+        found = {}
+    except OSError as exc:
+        raise _unusable(uri, exc, "list") from exc
+    stats = {_to_uri(uri, path, name): FileStat(int(info.get("size") or 0),
+                                                _version_token(fs, name, info))
+             for name, info in found.items() if info.get("type") == "file"}
+    listings = _LISTINGS.get()
+    if listings is not None:
+        listings[uri.rstrip("/")] = stats
+    return stats
+
+
+def _listed(uri: str) -> list[str] | None:
+    """The files under ``uri`` from the listing scope, if a listed folder holds it."""
+    folder = uri.rstrip("/")
+    for root, stats in (_LISTINGS.get() or {}).items():
+        if folder == root or folder.startswith(root + "/"):
+            return sorted(u for u in stats if u.startswith(folder + "/"))
+    return None
+
+
 def list_files(uri: str, recursive: bool = True) -> list[str]:
     """Files under a folder URI, as URIs of the same scheme, sorted."""
+    listed = _listed(uri) if recursive else None
+    if listed is not None:
+        return listed
     fs, path = filesystem(uri)
     try:
         if not fs.exists(path):
