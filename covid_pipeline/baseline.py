@@ -9,11 +9,13 @@ the acquisition, not the disease.
 
 from __future__ import annotations
 
+import io
 import time
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -29,10 +31,11 @@ HISTOGRAM_BINS = 16
 CATEGORIES = {"file_format": ("dicom", "png", "jpeg"), "colour_mode": ("grey", "rgb", "rgba")}
 
 
-def acquisition_features(manifest: pd.DataFrame, pixels: dict[str, np.ndarray]
+def acquisition_features(manifest: pd.DataFrame, histograms: dict[str, np.ndarray]
                          ) -> pd.DataFrame:
     """One row per image (indexed by image_id): acquisition facts and the normalised
-    image's intensity histogram; no other pixel information."""
+    image's intensity histogram (:func:`intensity_histograms`); no other pixel
+    information."""
     m = manifest.set_index("image_id")
     out = pd.DataFrame(index=m.index)
     width = m.get("width", pd.Series(1, index=m.index)).astype(float).clip(lower=1)
@@ -46,20 +49,27 @@ def acquisition_features(manifest: pd.DataFrame, pixels: dict[str, np.ndarray]
         column = m.get(col, pd.Series("unknown", index=m.index)).astype(str)
         for value in values:
             out[f"{col}={value}"] = (column == value).astype(float)
-    hist = np.stack([np.histogram(pixels[i], bins=HISTOGRAM_BINS, range=(0, 256))[0]
-                     / pixels[i].size for i in out.index])
+    hist = np.stack([histograms[i] for i in out.index])
     for b in range(HISTOGRAM_BINS):
         out[f"intensity_{b}"] = hist[:, b]
     return out
 
 
-def normalised_pixels(info: DatasetInfo) -> dict[str, np.ndarray]:
-    """image_id → the normalised grey image of the dataset version (from its Parquet)."""
+def histogram(pixels: np.ndarray) -> np.ndarray:
+    """The share of pixels in each of :data:`HISTOGRAM_BINS` equal intensity bins."""
+    return np.histogram(pixels, bins=HISTOGRAM_BINS, range=(0, 256))[0] / pixels.size
+
+
+def intensity_histograms(info: DatasetInfo, batch: int = 256) -> dict[str, np.ndarray]:
+    """image_id → :func:`histogram` of its normalised image, decoding the dataset version's
+    Parquet images ``batch`` rows at a time (never all images at once)."""
     out = {}
     for k in range(info.n_folds):
-        part = read_parquet(info.images_uri(k))
-        out.update({str(i): imaging.decode_png(png) for i, png in
-                    zip(part["image_id"], part["png"], strict=True)})
+        table = pq.ParquetFile(io.BytesIO(storage.read_bytes(info.images_uri(k))))
+        for rows in table.iter_batches(batch_size=batch, columns=["image_id", "png"]):
+            ids, pngs = rows.column("image_id").to_pylist(), rows.column("png").to_pylist()
+            out.update({str(i): histogram(imaging.decode_png(png))
+                        for i, png in zip(ids, pngs, strict=True)})
     return out
 
 
@@ -68,7 +78,7 @@ def train_baseline(dataset_uri: str, cfg: BenchmarkConfig, out: str) -> list[dic
     predictions beside the models'; return fold records like the models' (cheap: seconds)."""
     info = load_dataset(dataset_uri)
     manifest = read_parquet(info.manifest_uri).sort_values("image_id").reset_index(drop=True)
-    x = acquisition_features(manifest, normalised_pixels(info)).loc[manifest["image_id"]]
+    x = acquisition_features(manifest, intensity_histograms(info)).loc[manifest["image_id"]]
     y = manifest["label"].to_numpy(np.int64)
     results = layout.results(out, info.version, cfg.config_hash())
     records = []

@@ -34,13 +34,14 @@ from covid_pipeline import backbones, layout, storage, zoo
 from covid_pipeline.augment import resize, rotated_inputs, view_angles
 from covid_pipeline.config import BenchmarkConfig
 from covid_pipeline.control import blackout
-from covid_pipeline.shards import load_dataset, load_split, read_parquet
+from covid_pipeline.shards import iter_splits, load_dataset, read_parquet
 from covid_pipeline.tfsetup import backbone_precision, configure_tensorflow
 from covid_pipeline.weights import backbone_weights, weights_digest
 
 log = logging.getLogger(__name__)
 
 FEATURE_FORMAT = 1
+EXTRACT_CHUNK = 256  # images decoded and held at once by an extraction
 
 
 def settings_hash(model: str, cfg: BenchmarkConfig, image_size: int, precision: str,
@@ -182,8 +183,6 @@ def extract_features(dataset_uri: str, model: str, cfg: BenchmarkConfig, out: st
     (their own feature root, ``cfg.effective_control_views`` views). ``views``: the rotated
     views needed (default: what training needs; 0 for a test-only data set).
     """
-    import keras
-
     info = load_dataset(dataset_uri)
     source = feature_source(out, model, cfg, info.image_size, control=control)
     root, precision = source.root, source.precision
@@ -198,30 +197,38 @@ def extract_features(dataset_uri: str, model: str, cfg: BenchmarkConfig, out: st
              "reused_images": len(shas) - len(todo), "backbone_passes": 0, "seconds": 0.0,
              **source.as_dict()}
     if not todo:
-        return stats
+        return stats  # nothing to compute: Keras (seconds to import) is never loaded
+    import keras
+
     configure_tensorflow()
     t0 = time.perf_counter()
     spec = zoo.get(model)
     size = cfg.input_size or spec.input_size
-    split = load_split(info, list(range(info.n_folds)))
-    index = {s: i for i, s in enumerate(split.shas)}
     keras.utils.set_random_seed(cfg.seed)
     keras.mixed_precision.set_global_policy(precision)
+    wanted = set(todo)
     try:
         backbone = backbones.build_backbone(spec, backbone_weights(spec, cfg),
                                             input_size=size, seed=cfg.seed)
         forward = feature_function(backbone, backbones.preprocess_fn(spec),
                                    jit=precision != "float32")
-        images = split.images[[index[s] for s in todo]]
-        if control:
-            images = blackout(images, cfg.control_box)
-        feats = backbone_features(forward, images, todo, cfg, size, views)
+        # chunk by chunk of the shards: memory bounded by EXTRACT_CHUNK images, whatever N
+        for part in iter_splits(info, list(range(info.n_folds)), EXTRACT_CHUNK):
+            rows = [i for i, sha in enumerate(part.shas) if sha in wanted]
+            if not rows:
+                continue
+            shas = [part.shas[i] for i in rows]
+            images = part.images[rows]
+            if control:
+                images = blackout(images, cfg.control_box)
+            feats = backbone_features(forward, images, shas, cfg, size, views)
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                list(pool.map(lambda sha, arr: storage.write_bytes(feature_uri(root, sha),
+                                                                   encode_features(arr)),
+                              shas, feats))
     finally:
         keras.mixed_precision.set_global_policy("float32")
         keras.backend.clear_session()
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(lambda i: storage.write_bytes(feature_uri(root, todo[i]),
-                                                    encode_features(feats[i])), range(len(todo))))
     stats["backbone_passes"] = len(todo) * (views + 1)
     stats["seconds"] = time.perf_counter() - t0
     return stats

@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -258,6 +259,39 @@ class Split:
         return len(self.labels)
 
 
+def _examples(info: DatasetInfo, fold: int) -> Iterator[dict]:
+    """The parsed examples of one fold's TFRecord shard (staged locally if remote)."""
+    try:
+        path = storage.stage_local(info.tfrecord_uri(fold),
+                                   storage.local_cache_dir(info.version))
+    except FileNotFoundError:
+        raise storage.StorageError(
+            f"{info.tfrecord_uri(fold)}: missing from the dataset version; run "
+            "`covid-pipeline ingest` (or the same `run`) again to rebuild it") from None
+    yield from tfrecord_dataset(path).as_numpy_iterator()
+
+
+def _split(examples: list[dict]) -> Split:
+    return Split(np.stack([ex["image"] for ex in examples]),
+                 np.array([int(ex["label"]) for ex in examples], np.int64),
+                 [ex["image_id"].decode() for ex in examples],
+                 [ex["sha256"].decode() for ex in examples])
+
+
+def iter_splits(info: DatasetInfo, folds: list[int], chunk: int) -> Iterator[Split]:
+    """The images of ``folds`` in chunks of at most ``chunk`` images, in shard order: for
+    passes that need no global row order, in memory bounded by ``chunk``."""
+    buffer: list[dict] = []
+    for k in folds:
+        for ex in _examples(info, k):
+            buffer.append(ex)
+            if len(buffer) == chunk:
+                yield _split(buffer)
+                buffer = []
+    if buffer:
+        yield _split(buffer)
+
+
 def load_split(info: DatasetInfo, folds: list[int]) -> Split:
     """Read the TFRecord shards of ``folds`` (staged locally if remote), in image_id order.
 
@@ -267,23 +301,9 @@ def load_split(info: DatasetInfo, folds: list[int]) -> Split:
     train on the same batches only if their rows come in the same order. Shard by shard
     is not that order from three folds on.
     """
-    images, labels, ids, shas = [], [], [], []
-    for k in folds:
-        try:
-            path = storage.stage_local(info.tfrecord_uri(k),
-                                       storage.local_cache_dir(info.version))
-        except FileNotFoundError:
-            raise storage.StorageError(
-                f"{info.tfrecord_uri(k)}: missing from the dataset version; run "
-                "`covid-pipeline ingest` (or the same `run`) again to rebuild it") from None
-        for ex in tfrecord_dataset(path).as_numpy_iterator():
-            images.append(ex["image"])
-            labels.append(int(ex["label"]))
-            ids.append(ex["image_id"].decode())
-            shas.append(ex["sha256"].decode())
-    if not images:
+    examples = [ex for k in folds for ex in _examples(info, k)]
+    if not examples:
         return Split(np.zeros((0, info.image_size, info.image_size, 1), np.uint8),
                      np.zeros(0, np.int64), [], [])
-    order = sorted(range(len(ids)), key=ids.__getitem__)
-    return Split(np.stack([images[i] for i in order]), np.array(labels, np.int64)[order],
-                 [ids[i] for i in order], [shas[i] for i in order])
+    examples.sort(key=lambda ex: ex["image_id"].decode())
+    return _split(examples)

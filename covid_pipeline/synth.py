@@ -177,6 +177,26 @@ def make_synthetic(root: str, *, covid_patients: int = 12, images_per_patient: i
     return SynthSummary(root, ieee, rsna, n_covid, covid_patients, normals)
 
 
+def add_normals(rsna_root: str, count: int, *, size: int = 256, seed: int = 1,
+                prefix: str = "33333333") -> list[str]:
+    """Add ``count`` normal DICOMs (and their rows) to an RSNA layout; return their ids."""
+    rng = np.random.default_rng(seed)
+    labels_uri = storage.join(rsna_root, "stage_2_train_labels.csv")
+    info_uri = storage.join(rsna_root, "stage_2_detailed_class_info.csv")
+    labels, info = storage.read_text(labels_uri), storage.read_text(info_uri)
+    ids = []
+    for i in range(count):
+        pid = f"{prefix}-0000-4000-8000-{i:012d}"
+        data = dicom_bytes(chest_image(rng, (size, size), covid=False), pid, jpeg=i % 2 == 0)
+        storage.write_bytes(storage.join(rsna_root, "stage_2_train_images", f"{pid}.dcm"), data)
+        labels += _rows_csv([[pid, "", "", "", "", "0"]])
+        info += _rows_csv([[pid, "Normal"]])
+        ids.append(pid)
+    storage.write_text(labels_uri, labels)
+    storage.write_text(info_uri, info)
+    return ids
+
+
 def _ieee_row(pid: str, offset: int, finding: str, view: str, modality: str, name: str) -> dict:
     return {"Patientid": pid, "offset": str(offset), "sex": "MF"[int(pid) % 2],
             "age": str(40 + int(pid) % 40), "finding": finding, "survival": "", "view": view,

@@ -31,7 +31,7 @@ def test_baseline_on_the_real_samples_tells_the_sources_apart(shared_data, tmp_p
             assert (manifest.loc[preds["image_id"], "fold"] == r["fold"]).all()
     assert np.mean([r["metrics"]["auc"] for r in records]) > 0.95
     features = baseline.acquisition_features(
-        read_parquet(info.manifest_uri), baseline.normalised_pixels(info))
+        read_parquet(info.manifest_uri), baseline.intensity_histograms(info))
     assert len(features.columns) == 5 + 6 + baseline.HISTOGRAM_BINS  # nothing else
 
 

@@ -214,3 +214,35 @@ def test_new_weights_bytes_or_precision_recompute_features_and_folds(tmp_path, m
     assert not any(r["reused"] for r in mixedfolds)
     assert {r["feature_precision"] for r in mixedfolds} == {"mixed_float16"}
     assert all(r["reused"] for r in run()[1])
+
+
+def test_extraction_in_bounded_chunks_gives_the_same_features(tmp_path, monkeypatch):
+    """Extraction holds at most EXTRACT_CHUNK images at once; the chunking changes no
+    feature beyond float noise."""
+    from covid_pipeline import features
+
+    root = tmp_path / "data"
+    make_synthetic(str(root), covid_patients=3, normals=6, size=96, seed=2)
+    cfg = resolve_config("smoke", models="VGG16", weights="none", input_size=32,
+                         image_size=64, epochs=2, folds=2)
+    out_a, out_b = str(tmp_path / "a"), str(tmp_path / "b")
+    info, _ = prepare(specs(root), out_a, DataSettings(folds=2, image_size=64))
+    prepare(specs(root), out_b, DataSettings(folds=2, image_size=64))
+    extract_features(info.uri, "VGG16", cfg, out_a)
+    sizes: list[int] = []
+    real = features.backbone_features
+    monkeypatch.setattr(features, "EXTRACT_CHUNK", 5)
+    monkeypatch.setattr(features, "backbone_features",
+                        lambda fwd, images, *a: sizes.append(len(images)) or real(
+                            fwd, images, *a))
+    extract_features(info.uri.replace(out_a, out_b), "VGG16", cfg, out_b)
+    assert max(sizes) <= 5 and sum(sizes) == 12
+    a = features.read_features(features.feature_source(out_a, "VGG16", cfg, 64).root,
+                               sorted(pd.read_parquet(f"{info.uri}/manifest.parquet")
+                                      ["sha256"]))
+    b = features.read_features(features.feature_source(out_b, "VGG16", cfg, 64).root,
+                               list(a))
+    assert len(a) == len(b) == 12
+    for sha, arr in a.items():
+        np.testing.assert_allclose(b[sha].astype(np.float32), arr.astype(np.float32),
+                                   atol=1e-2 * float(np.abs(arr).max()))

@@ -1,0 +1,169 @@
+"""What a re-run costs after a data update, against a cold run, measured in one run here.
+
+On a synthetic data set of ``--images`` N images (default 1,500: 250 COVID-19 patients x 2
+PNG/JPEG images and 1,000 normal DICOMs) at ``--size`` px (default 1,024):
+
+1. the decode-only limit: read + decode + normalise of every source file in a tight loop,
+   on a thread pool as wide as the ingest's (images/s);
+2. a cold ingest of the same files (``covid_pipeline.ingest.ingest``: read, hash, decode,
+   normalise, write the PNG, perceptual hash) and its throughput against (1);
+3. the whole benchmark flow (smoke models, ``--weights none``, a local Dask cluster) for a
+   cold run, an unchanged re-run and a re-run after adding 10 normal DICOMs, each as a
+   share of the cold run's wall time (one temporary Prefect API for the three, started
+   before the clock);
+4. the peak RSS of the data path plus one model's feature extraction and one fold's head
+   (a child process each) for N and 2N images.
+
+    python benchmarks/rerun_cost.py [--images 1500] [--size 1024] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from covid_pipeline import imaging, storage  # noqa: E402
+from covid_pipeline.synth import add_normals, make_synthetic  # noqa: E402
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
+
+
+def synthetic(root: Path, n: int, size: int) -> list[str]:
+    patients = n // 6
+    make_synthetic(str(root), covid_patients=patients, images_per_patient=2,
+                   normals=n - 2 * patients, size=size, seed=0)
+    return [f"ieee8023={root / 'ieee8023'}", f"rsna={root / 'rsna'}"]
+
+
+def source_files(root: Path) -> list[str]:
+    return sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def decode_only(files: list[str], size: int, workers: int) -> float:
+    """Images/s of read + decode + normalise, nothing else."""
+    def one(path: str) -> None:
+        with open(path, "rb") as fh:
+            imaging.normalise(imaging.decode(fh.read()).pixels, size)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(one, files))
+    return len(files) / (time.perf_counter() - t0)
+
+
+def cold_ingest(sources: list[str], out: Path, size: int) -> tuple[float, int]:
+    from covid_pipeline.ingest import ingest
+    from covid_pipeline.sources import parse_source
+
+    t0 = time.perf_counter()
+    result = ingest([parse_source(s) for s in sources], str(out), image_size=size)
+    seconds = time.perf_counter() - t0
+    read = len(result.manifest) + len(result.quarantine)
+    return read / seconds, read
+
+
+def flow_runs(sources: list[str], rsna: Path, out: Path, size: int) -> dict[str, float]:
+    from covid_pipeline.config import resolve_config
+    from flows.benchmark import covid_benchmark
+    from flows.runtime import prefect_api
+
+    cfg = resolve_config("smoke", weights="none")
+    walls: dict[str, float] = {}
+    with prefect_api():
+        for label in ("cold", "unchanged", "plus_10"):
+            if label == "plus_10":
+                add_normals(str(rsna), 10, size=size, seed=7)
+            t0 = time.perf_counter()
+            result = covid_benchmark(sources=sources, out=str(out), config=cfg,
+                                     cluster="local", workers=2)
+            walls[label] = time.perf_counter() - t0
+            print(f"  flow {label}: {walls[label]:.1f} s, {result['reused']} fold results "
+                  f"reused, extracted {[e['extracted_images'] for e in result['extraction']]}",
+                  flush=True)
+    return walls
+
+
+def rss_child(n: int, size: int) -> None:
+    """The data path + ResNet50's extraction (one view) + one fold's head, then print the
+    peak RSS in MiB."""
+    from covid_pipeline.config import resolve_config
+    from covid_pipeline.dataset import DataSettings, prepare
+    from covid_pipeline.features import extract_features
+    from covid_pipeline.sources import parse_source
+    from covid_pipeline.training import train_fold
+
+    with tempfile.TemporaryDirectory(prefix="rerun-rss-") as tmp:
+        sources = synthetic(Path(tmp) / "data", n, size)
+        out = str(Path(tmp) / "out")
+        cfg = resolve_config("smoke", models="ResNet50", weights="none", views=1, epochs=1)
+        info, _ = prepare([parse_source(s) for s in sources], out,
+                          DataSettings(**cfg.data.as_dict()))
+        extract_features(info.uri, "ResNet50", cfg, out)
+        train_fold(info.uri, "ResNet50", 0, cfg, out)
+    print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                      / 1024}))
+
+
+def peak_rss(n: int, size: int) -> float:
+    proc = subprocess.run([sys.executable, __file__, "--rss-child", str(n), "--size",
+                           str(size)], capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_mib"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--images", type=int, default=1500)
+    p.add_argument("--size", type=int, default=1024)
+    p.add_argument("--json", default=None)
+    p.add_argument("--skip-rss", action="store_true")
+    p.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.rss_child:
+        rss_child(args.rss_child, args.size)
+        return
+    from covid_pipeline.config import resolve_config
+
+    image_size = resolve_config("smoke").image_size
+    workers = min(16, 2 * (os.cpu_count() or 1) + 2)  # the ingest's thread pool
+    with tempfile.TemporaryDirectory(prefix="rerun-cost-") as tmp:
+        t0 = time.perf_counter()
+        sources = synthetic(Path(tmp) / "data", args.images, args.size)
+        files = source_files(Path(tmp) / "data")
+        print(f"synthetic data: {len(files)} files at {args.size} px in "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+        limit = decode_only(files, image_size, workers)
+        rate, read = cold_ingest(sources, Path(tmp) / "ingest-only", image_size)
+        print(f"decode-only {limit:.1f} images/s; cold ingest {rate:.1f} images/s "
+              f"({read} files): {rate / limit:.2f} x", flush=True)
+        walls = flow_runs(sources, Path(tmp) / "data" / "rsna", Path(tmp) / "out", args.size)
+    rss = {} if args.skip_rss else {"N": peak_rss(args.images, args.size),
+                                    "2N": peak_rss(2 * args.images, args.size)}
+    report = {
+        "images": args.images, "size": args.size, "cores": os.cpu_count(),
+        "decode_only_images_per_s": limit, "cold_ingest_images_per_s": rate,
+        "ingest_vs_decode_only": rate / limit,
+        "flow_seconds": walls,
+        "unchanged_share": walls["unchanged"] / walls["cold"],
+        "plus_10_share": walls["plus_10"] / walls["cold"],
+        "peak_rss_mib": rss,
+        "rss_ratio_2n_n": rss["2N"] / rss["N"] if rss else None,
+    }
+    print(json.dumps(report, indent=2))
+    if args.json:
+        storage.write_json(args.json, report)
+
+
+if __name__ == "__main__":
+    main()
