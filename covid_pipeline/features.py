@@ -212,16 +212,13 @@ def extract_features(dataset_uri: str, model: str, cfg: BenchmarkConfig, out: st
                                             input_size=size, seed=cfg.seed)
         forward = feature_function(backbone, backbones.preprocess_fn(spec),
                                    jit=precision != "float32")
-        # chunk by chunk of the shards: memory bounded by EXTRACT_CHUNK images, whatever N
-        for part in iter_splits(info, list(range(info.n_folds)), EXTRACT_CHUNK):
-            rows = [i for i, sha in enumerate(part.shas) if sha in wanted]
-            if not rows:
-                continue
-            shas = [part.shas[i] for i in rows]
-            images = part.images[rows]
+        # EXTRACT_CHUNK images at a time (memory bounded whatever N), one batch size for
+        # all chunks (one trace)
+        batch = min(cfg.extract_batch_size, len(todo) * (views + 1))
+        for images, shas in wanted_chunks(info, wanted, EXTRACT_CHUNK):
             if control:
                 images = blackout(images, cfg.control_box)
-            feats = backbone_features(forward, images, shas, cfg, size, views)
+            feats = backbone_features(forward, images, shas, cfg, size, views, batch)
             with ThreadPoolExecutor(max_workers=8) as pool:
                 list(pool.map(lambda sha, arr: storage.write_bytes(feature_uri(root, sha),
                                                                    encode_features(arr)),
@@ -232,6 +229,23 @@ def extract_features(dataset_uri: str, model: str, cfg: BenchmarkConfig, out: st
     stats["backbone_passes"] = len(todo) * (views + 1)
     stats["seconds"] = time.perf_counter() - t0
     return stats
+
+
+def wanted_chunks(info, wanted: set[str], chunk: int):
+    """(uint8 images, shas) of the ``wanted`` images of a dataset version, ``chunk`` at a
+    time (every chunk full but the last), read shard by shard."""
+    images: list[np.ndarray] = []
+    shas: list[str] = []
+    for part in iter_splits(info, list(range(info.n_folds)), chunk):
+        for i, sha in enumerate(part.shas):
+            if sha in wanted:
+                images.append(part.images[i])
+                shas.append(sha)
+            if len(shas) == chunk:
+                yield np.stack(images), shas
+                images, shas = [], []
+    if shas:
+        yield np.stack(images), shas
 
 
 def feature_function(backbone, preprocess, jit: bool = False):
@@ -268,15 +282,18 @@ def resize_all(images: np.ndarray, size: int, step: int) -> np.ndarray:
 
 
 def run_backbone(forward, resized: np.ndarray, rows: np.ndarray, angles: np.ndarray,
-                 batch_size: int, dtype=np.float32) -> np.ndarray:
+                 batch_size: int, dtype=np.float32, exact: bool = False) -> np.ndarray:
     """[len(rows), D]: ``forward`` on ``resized[rows]`` rotated by ``angles``.
+
+    ``exact``: batches of ``batch_size`` even when fewer pairs are given (padded), so that
+    successive calls reuse one trace.
 
     The pairs are cut into full batches of ``batch_size`` (only the last one padded), so
     the forward pass is traced once and runs at its batch size's throughput.
     """
     import tensorflow as tf
 
-    bs = max(1, min(batch_size, len(rows)))
+    bs = max(1, batch_size if exact else min(batch_size, len(rows)))
     out = None
     for start in range(0, len(rows), bs):
         idx, ang = rows[start : start + bs], angles[start : start + bs]
@@ -292,15 +309,17 @@ def run_backbone(forward, resized: np.ndarray, rows: np.ndarray, angles: np.ndar
 
 
 def backbone_features(forward, images: np.ndarray, shas: list[str], cfg: BenchmarkConfig,
-                      size: int, views: int) -> np.ndarray:
+                      size: int, views: int, batch_size: int | None = None) -> np.ndarray:
     """float16 [N, views + 1, D]: the backbone on every image under views 0..views.
 
-    All (image, view) pairs form one stream of full batches, however few images there are.
+    All (image, view) pairs form one stream of full batches, however few images there are;
+    ``batch_size`` (default: the config's, at most the pairs) is kept for every call.
     """
     n = len(shas)
     resized = resize_all(images, size, cfg.extract_batch_size)
     rows = np.tile(np.arange(n), views + 1)
     angles = np.concatenate([view_angles(cfg.seed, shas, v, cfg.rotation_degrees)
                              for v in range(views + 1)])
-    feats = run_backbone(forward, resized, rows, angles, cfg.extract_batch_size, np.float16)
+    batch = batch_size or min(cfg.extract_batch_size, len(rows))
+    feats = run_backbone(forward, resized, rows, angles, batch, np.float16, exact=True)
     return feats.reshape(views + 1, n, -1).transpose(1, 0, 2)

@@ -105,7 +105,7 @@ def manifest_row(cand: Candidate, facts: dict[str, Any]) -> dict | Rejected:
 
 FACT_COLUMNS = ("sha256", "width", "height", "file_format", "bit_depth", "colour_mode",
                 "file_size", "phash")
-CHUNK = 512  # candidates read between two writes of the ingest index
+CHUNK = 512  # files read between two saves of the ingest index
 
 
 def read_candidates(candidates: list[Candidate], out: str, size: int, workers: int,
@@ -113,32 +113,38 @@ def read_candidates(candidates: list[Candidate], out: str, size: int, workers: i
                     stats: dict[str, FileStat] | None = None) -> list[dict | Rejected]:
     """Manifest rows or rejections of ``candidates``, in order: from the ingest index for
     files it knows at their current size and version (and whose PNG exists), else read.
-    Reads go in chunks of :data:`CHUNK`; the index is saved after each."""
+
+    Reads stream through one thread pool (no idle threads between chunks); the index is
+    saved after every :data:`CHUNK` reads, so an interrupted ingest keeps what it read.
+    """
     stats = stats or {}
     have_png = _stored_pngs(out, size) if index is not None else set()
-    results: list[dict | Rejected] = []
-    reads = 0
-    for start in range(0, len(candidates), CHUNK):
-        chunk = candidates[start : start + CHUNK]
-        known = [index.lookup(c.uri, stats.get(c.uri)) if index is not None else None
-                 for c in chunk]
-        known = [f if f is not None and ("reason" in f or f["sha256"] in have_png) else None
-                 for f in known]
-        todo = [c for c, f in zip(chunk, known, strict=True) if f is None]
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            read = iter(list(pool.map(lambda c: read_facts(c.uri, out, size, have_png), todo)))
-        facts = [f if f is not None else next(read) for f in known]
-        if index is not None and todo:
-            for cand, fact in zip(chunk, facts, strict=True):
-                if not fact.get("transient"):
-                    index.record(cand.uri, stats.get(cand.uri), fact)
-            index.save()
-        results += [manifest_row(c, f) for c, f in zip(chunk, facts, strict=True)]
-        reads += len(todo)
+    facts: list[dict[str, Any] | None] = []
+    for cand in candidates:
+        known = index.lookup(cand.uri, stats.get(cand.uri)) if index is not None else None
+        if known is not None and "reason" not in known and known["sha256"] not in have_png:
+            known = None  # its PNG at this size is missing: read it again
+        facts.append(known)
+    todo = [i for i, f in enumerate(facts) if f is None]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(read_facts, candidates[i].uri, out, size, have_png)
+                   for i in todo]
+        try:
+            for n, (i, fut) in enumerate(zip(todo, futures, strict=True), start=1):
+                facts[i] = fact = fut.result()
+                if index is not None:
+                    if not fact.get("transient"):
+                        index.record(candidates[i].uri, stats.get(candidates[i].uri), fact)
+                    if n % CHUNK == 0:
+                        index.save()
+        except BaseException:  # an interrupt or a failed read: stop, do not read the rest
+            for fut in futures:
+                fut.cancel()
+            raise
     if index is not None:
-        log.info("ingest: %d files read, %d known from the ingest index", reads,
-                 len(candidates) - reads)
-    return results
+        log.info("ingest: %d files read, %d known from the ingest index", len(todo),
+                 len(candidates) - len(todo))
+    return [manifest_row(c, f) for c, f in zip(candidates, facts, strict=True)]
 
 
 def _stored_pngs(out: str, size: int) -> set[str]:

@@ -155,7 +155,8 @@ def make_synthetic(root: str, *, covid_patients: int = 12, images_per_patient: i
         pid = f"00000000-0000-4000-8000-{i:012d}"
         pixels = chest_image(rng, (size, size), covid=False)
         data = dicom_bytes(pixels, pid, jpeg=i % 2 == 0, monochrome1=i == 1,
-                           view="PA" if i % 3 else "AP", sex="MF"[i % 2], age=f"{30 + i:03d}Y")
+                           view="PA" if i % 3 else "AP", sex="MF"[i % 2],
+                           age=f"{30 + i % 900:03d}Y")  # 3 digits
         storage.write_bytes(storage.join(rsna, "stage_2_train_images", f"{pid}.dcm"), data)
         labels.append([pid, "", "", "", "", "0"])
         info.append([pid, "Normal"])
