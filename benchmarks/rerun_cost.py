@@ -12,9 +12,9 @@ PNG/JPEG images and 1,000 normal DICOMs) at ``--size`` px (default 1,024):
    share of the cold run's wall time (one temporary Prefect API for the three, started
    before the clock);
 4. the peak RSS of the data path plus one model's feature extraction and one fold's head
-   (a child process each, on its own synthetic set at ``--rss-size`` px, default 512: the
-   normalised images and features, not the source files' size, are what could grow) for
-   N and 2N images.
+   (a child process each, on its own synthetic set at ``--rss-size`` px, default 512, and
+   normalised to that size: holding every normalised image at once would add N x 256 KiB)
+   for N and 2N images.
 
     python benchmarks/rerun_cost.py [--images 1500] [--size 1024] [--json PATH]
 """
@@ -109,9 +109,11 @@ def rss_child(n: int, size: int) -> None:
     with tempfile.TemporaryDirectory(prefix="rerun-rss-") as tmp:
         sources = synthetic(Path(tmp) / "data", n, size)
         out = str(Path(tmp) / "out")
-        cfg = resolve_config("smoke", models="ResNet50", weights="none", views=1, epochs=1)
+        cfg = resolve_config("smoke", models="ResNet50", weights="none", views=1, epochs=1,
+                             image_size=size)
+        # normalised images at the source size: what holding them all would cost shows
         info, _ = prepare([parse_source(s) for s in sources], out,
-                          DataSettings(**cfg.data.as_dict()))
+                          DataSettings(**{**cfg.data.as_dict(), "image_size": size}))
         extract_features(info.uri, "ResNet50", cfg, out)
         train_fold(info.uri, "ResNet50", 0, cfg, out)
     print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -131,10 +133,17 @@ def main() -> None:
     p.add_argument("--json", default=None)
     p.add_argument("--rss-size", type=int, default=512)
     p.add_argument("--skip-rss", action="store_true")
+    p.add_argument("--rss-only", action="store_true", help="only the peak RSS at N and 2N")
     p.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.rss_child:
         rss_child(args.rss_child, args.size)
+        return
+    if args.rss_only:
+        rss = {"N": peak_rss(args.images, args.rss_size),
+               "2N": peak_rss(2 * args.images, args.rss_size)}
+        print(json.dumps({"images": args.images, "rss_size": args.rss_size,
+                          "peak_rss_mib": rss, "rss_ratio_2n_n": rss["2N"] / rss["N"]}))
         return
     from covid_pipeline.config import resolve_config
 

@@ -79,6 +79,16 @@ def cost_line(cfg: BenchmarkConfig, n_images: int) -> str:
             f"{main}; heads on the same folds, repeat 0")
 
 
+def fold_means(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean AUC and balanced accuracy over fold records (NaN where none has it)."""
+    out = {}
+    for metric in ("auc", "balanced_accuracy"):
+        values = [r["metrics"][metric] for r in records
+                  if r["metrics"].get(metric) is not None]
+        out[metric] = float(np.mean(values)) if values else float("nan")
+    return out
+
+
 def summary(records: list[dict[str, Any]], failures: dict[str, str], n_folds: int
             ) -> dict[str, dict[str, Any]]:
     """Per model: the control's mean AUC and balanced accuracy over its folds, and its
@@ -89,11 +99,7 @@ def summary(records: list[dict[str, Any]], failures: dict[str, str], n_folds: in
     out: dict[str, dict[str, Any]] = {}
     for model in sorted(set(by_model) | set(failures)):
         recs = by_model.get(model, [])
-        row: dict[str, Any] = {}
-        for metric in ("auc", "balanced_accuracy"):
-            values = [r["metrics"][metric] for r in recs
-                      if r["metrics"].get(metric) is not None]
-            row[f"control_{metric}"] = float(np.mean(values)) if values else float("nan")
+        row: dict[str, Any] = {f"control_{m}": v for m, v in fold_means(recs).items()}
         if model in failures:
             row["control_status"] = f"failed: {failures[model]}"
         elif len(recs) < n_folds:

@@ -2,7 +2,9 @@
 
 The external sources (any layout, local or s3://) are ingested into a dataset version of
 their own: never balanced, never folded (every image in fold 0), and without the images
-that also occur in the cross-validation data (same sha256), which are dropped and counted.
+that also occur in the cross-validation data: the same bytes (sha256) or a copy
+(perceptual hash within :data:`folds.NEAR_DUPLICATE_BITS` bits: re-encoded or resized),
+dropped and counted apart.
 After cross-validation each model's head is trained once on all CV images (the cached
 features, the study's settings) and predicts the external images from their view-0
 features. An external set with one class supports only that class's recall (sensitivity
@@ -24,6 +26,7 @@ from covid_pipeline.config import BenchmarkConfig, DataSettings
 from covid_pipeline.dataset import report_of
 from covid_pipeline.errors import DataError
 from covid_pipeline.features import FeatureSource, epoch_view, needed_views
+from covid_pipeline.folds import copies_of
 from covid_pipeline.head import train_head
 from covid_pipeline.ingest import ingest
 from covid_pipeline.manifest import COVID, LABEL_NAMES, NORMAL
@@ -47,22 +50,29 @@ def prepare_external(specs: list[SourceSpec], out: str, settings: DataSettings,
     result = ingest(specs, out, image_size=settings.image_size,
                     options=settings.source_options)
     cv = read_parquet(layout.dataset_manifest(cv_dataset_uri))
-    in_cv = result.manifest["sha256"].astype(str).isin(set(cv["sha256"].astype(str)))
-    manifest = result.manifest[~in_cv.to_numpy()].assign(fold=0)
+    found = result.manifest
+    in_cv = found["sha256"].astype(str).isin(set(cv["sha256"].astype(str))).to_numpy()
+    copies = np.zeros(len(found), bool)
+    if "phash" in found and "phash" in cv and found["phash"].notna().all() \
+            and cv["phash"].notna().all():
+        copies = ~in_cv & copies_of(found["phash"], cv["phash"])
+    manifest = found[~(in_cv | copies)].assign(fold=0)
     where = ", ".join(str(s) for s in specs)
     if manifest.empty:
-        found = len(result.manifest)
-        raise DataError(f"external set {where}: no usable image left ({found} ingested, "
-                        f"{int(in_cv.sum())} of them also in the cross-validation data, same "
-                        "sha256); give images the cross-validation does not hold")
+        raise DataError(f"external set {where}: no usable image left ({len(found)} ingested: "
+                        f"{int(in_cv.sum())} also in the cross-validation data, same sha256, "
+                        f"{int(copies.sum())} copies of its images); give images the "
+                        "cross-validation does not hold")
     report = report_of(result)
     report.update(role=ROLE, sources=[str(s) for s in specs], dropped_in_cv=int(in_cv.sum()),
+                  dropped_copies=int(copies.sum()),
                   cv_dataset=load_dataset(cv_dataset_uri).version)
     version_settings = {"role": ROLE, "image_size": settings.image_size,
                         "source_options": settings.source_options}
     info = write_version(manifest, result.quarantine, out, version_settings, report)
-    log.info("external set %s: %s; %d images dropped as also in the CV data", info.version,
-             info.counts, report["dropped_in_cv"])
+    log.info("external set %s: %s; %d images dropped as also in the CV data, %d as copies "
+             "of CV images", info.version, info.counts, report["dropped_in_cv"],
+             report["dropped_copies"])
     return info, report
 
 
@@ -139,9 +149,9 @@ def missing_note(labels: np.ndarray) -> str | None:
     (only,) = present
     other = LABEL_NAMES[1 - only]
     kept = "sensitivity" if only == COVID else "specificity"
-    return (f"only {LABEL_NAMES[only]} images: AUC, balanced accuracy and F1 need "
-            f"{other} images too, so only {kept} (the share of {LABEL_NAMES[only]} "
-            "images called so) is reported")
+    return (f"only {LABEL_NAMES[only]} images: AUC and balanced accuracy need {other} "
+            f"images too (and F1 says nothing without them), so only {kept} (the share of "
+            f"{LABEL_NAMES[only]} images called so) is reported")
 
 
 def external_metrics(labels: np.ndarray, prob: np.ndarray) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import json
 import logging
 import posixpath
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
@@ -34,7 +35,7 @@ from covid_pipeline import backbones, layout, storage, zoo
 from covid_pipeline.augment import resize, rotated_inputs, view_angles
 from covid_pipeline.config import BenchmarkConfig
 from covid_pipeline.control import blackout
-from covid_pipeline.shards import iter_splits, load_dataset, read_parquet
+from covid_pipeline.shards import DatasetInfo, iter_splits, load_dataset, read_parquet
 from covid_pipeline.tfsetup import backbone_precision, configure_tensorflow
 from covid_pipeline.weights import backbone_weights, weights_digest
 
@@ -220,7 +221,7 @@ def extract_features(dataset_uri: str, model: str, cfg: BenchmarkConfig, out: st
                 images = blackout(images, cfg.control_box)
             feats = backbone_features(forward, images, shas, cfg, size, views, batch)
             with ThreadPoolExecutor(max_workers=8) as pool:
-                list(pool.map(lambda sha, arr: storage.write_bytes(feature_uri(root, sha),
+                list(pool.map(lambda sha, arr: write_unless_richer(feature_uri(root, sha),
                                                                    encode_features(arr)),
                               shas, feats))
     finally:
@@ -231,7 +232,15 @@ def extract_features(dataset_uri: str, model: str, cfg: BenchmarkConfig, out: st
     return stats
 
 
-def wanted_chunks(info, wanted: set[str], chunk: int):
+def write_unless_richer(uri: str, data: bytes) -> None:
+    """Write a feature file unless one with as many views or more is there already (a
+    concurrent run on the same --out that needs more views wrote it meanwhile)."""
+    if (storage.size(uri) or 0) < len(data):
+        storage.write_bytes(uri, data)
+
+
+def wanted_chunks(info: DatasetInfo, wanted: set[str], chunk: int
+                  ) -> Iterator[tuple[np.ndarray, list[str]]]:
     """(uint8 images, shas) of the ``wanted`` images of a dataset version, ``chunk`` at a
     time (every chunk full but the last), read shard by shard."""
     images: list[np.ndarray] = []

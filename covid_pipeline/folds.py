@@ -40,13 +40,29 @@ def fold_groups(df: pd.DataFrame, max_bits: int = NEAR_DUPLICATE_BITS) -> np.nda
         for j in idx[1:]:
             union(int(idx[0]), int(j))
     if "phash" in df and n > 1 and df["phash"].notna().all():
-        bits = np.stack([np.frombuffer(bytes.fromhex(h), dtype=np.uint8)
-                         for h in df["phash"].astype(str)])
+        bits = hash_bits(df["phash"])
         for i in range(n - 1):
             distance = _POPCOUNT[bits[i + 1:] ^ bits[i]].sum(axis=1)
             for j in np.flatnonzero(distance <= max_bits):
                 union(i, i + 1 + int(j))
     return np.array([_roots(parent, i) for i in range(n)])
+
+
+def hash_bits(hashes: pd.Series) -> np.ndarray:
+    """uint8 [N, 32]: the bytes of each perceptual hash (hex)."""
+    return np.stack([np.frombuffer(bytes.fromhex(h), dtype=np.uint8)
+                     for h in hashes.astype(str)]) if len(hashes) else np.zeros((0, 32),
+                                                                                np.uint8)
+
+
+def copies_of(hashes: pd.Series, others: pd.Series, max_bits: int = NEAR_DUPLICATE_BITS
+              ) -> np.ndarray:
+    """Per hash of ``hashes``: whether some hash of ``others`` is within ``max_bits`` bits
+    (a copy of one of those images, re-encoded or resized)."""
+    a, b = hash_bits(hashes), hash_bits(others)
+    if not len(a) or not len(b):
+        return np.zeros(len(a), bool)
+    return np.array([int(_POPCOUNT[b ^ row].sum(axis=1).min()) <= max_bits for row in a])
 
 
 def near_duplicates(df: pd.DataFrame) -> dict[str, int]:

@@ -13,6 +13,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from scipy.fft import dctn
 
+# Bump when decode(), phash() or the quarantine rules change what a file gives: the ingest
+# index then reads every file again (ingest_index.fingerprint).
+DECODER_VERSION = 1
 MIN_SIDE = 64
 # A chest X-ray is at most a few thousand pixels a side; anything far above is a bomb.
 MAX_PIXELS = 60_000_000

@@ -16,12 +16,27 @@ import json
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from covid_pipeline import layout, storage
+from covid_pipeline import imaging, layout, storage
 from covid_pipeline.storage import FileStat
 
 FORMAT = 1
 COLUMNS = ["uri", "size", "token", "facts"]
+FINGERPRINT_KEY = b"covid_pipeline.ingest_index"
+
+
+def fingerprint() -> str:
+    """What made the facts besides the files: this format, the decoder's version and the
+    image libraries'. Another fingerprint discards the whole index (every file is read
+    again), so a decoder fix or a library upgrade never leaves stale facts or rejections."""
+    import PIL
+    import pydicom
+
+    return json.dumps({"format": FORMAT, "decoder": imaging.DECODER_VERSION,
+                       "pillow": PIL.__version__, "pydicom": pydicom.__version__},
+                      sort_keys=True)
 
 
 class IngestIndex:
@@ -31,9 +46,12 @@ class IngestIndex:
         self.uri = layout.ingest_index(out)
         self.entries: dict[str, tuple[FileStat, str]] = {}
         try:
-            table = pd.read_parquet(io.BytesIO(storage.read_bytes(self.uri)))
+            stored = pq.read_table(io.BytesIO(storage.read_bytes(self.uri)))
         except (FileNotFoundError, OSError, ValueError):
-            table = None  # none yet, or unreadable: every file is read again
+            stored = None  # none yet, or unreadable: every file is read again
+        made_by = ((stored.schema.metadata or {}).get(FINGERPRINT_KEY, b"").decode()
+                   if stored is not None else "")
+        table = stored.to_pandas() if stored is not None and made_by == fingerprint() else None
         if table is not None and list(table.columns) == COLUMNS:
             for uri, size, token, facts in table.itertuples(index=False):
                 self.entries[str(uri)] = (FileStat(int(size), str(token)), str(facts))
@@ -65,4 +83,9 @@ class IngestIndex:
             "token": [e[0].token for _, e in rows],
             "facts": [e[1] for _, e in rows],
         }, columns=COLUMNS)
-        storage.write_bytes(self.uri, table.to_parquet(index=False))
+        arrow = pa.Table.from_pandas(table, preserve_index=False)
+        arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}),
+                                               FINGERPRINT_KEY: fingerprint().encode()})
+        sink = pa.BufferOutputStream()
+        pq.write_table(arrow, sink)
+        storage.write_bytes(self.uri, sink.getvalue().to_pybytes())

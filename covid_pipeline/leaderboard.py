@@ -118,7 +118,7 @@ def build(records: list[dict[str, Any]], failures: dict[str, str], models: list[
     out["rank"] = out["rank"].astype("Int64")
     out["input_size"] = out["input_size"].astype("Int64")  # None for the baseline row
     out = add_uncertainty(out, by_model, predictions, ctx)
-    out = add_control(out, control, ctx)
+    out = add_control(out, control, ctx, by_model)
     if external is not None:
         out = add_external(out, external, ctx)
     out["dataset_version"] = ctx.dataset_version
@@ -185,9 +185,10 @@ def add_uncertainty(table: pd.DataFrame, by_model: dict[str, list[dict]],
 
 
 def add_control(table: pd.DataFrame, control: dict[str, Any] | None,
-                ctx: LeaderboardContext) -> pd.DataFrame:
-    """The border-only control's mean AUC and balanced accuracy, and their drops from the
-    full images' (full minus control: a small drop means the border alone does as well)."""
+                ctx: LeaderboardContext, by_model: dict[str, list[dict]]) -> pd.DataFrame:
+    """The border-only control's mean AUC and balanced accuracy over its folds (repeat 0),
+    and their drops from the full images' on the same folds (full minus control: a small
+    drop means the border alone does as well). Filled only for a complete control."""
     table = table.copy()
     for col in controls.COLUMNS:
         table[col] = float("nan")
@@ -196,11 +197,15 @@ def add_control(table: pd.DataFrame, control: dict[str, Any] | None,
                             (control or {}).get("failures", {}), ctx.n_folds)
     for model, values in rows.items():
         where = table["model"] == model
-        for key, value in values.items():
-            table.loc[where, key] = value
-    for metric in ("auc", "balanced_accuracy"):
-        table[f"control_{metric}_drop"] = (table[f"{metric}_mean"].astype(float)
-                                           - table[f"control_{metric}"].astype(float))
+        table.loc[where, "control_status"] = values["control_status"]
+        if values["control_status"] != "ok":
+            continue  # a partial control is not shown as if it were the model's
+        full = controls.fold_means([r for r in by_model.get(model, [])
+                                    if r.get("repeat", 0) == 0])
+        for metric in ("auc", "balanced_accuracy"):
+            table.loc[where, f"control_{metric}"] = values[f"control_{metric}"]
+            table.loc[where, f"control_{metric}_drop"] = (full[metric]
+                                                         - values[f"control_{metric}"])
     return table
 
 
@@ -392,7 +397,9 @@ def to_markdown(df: pd.DataFrame, ctx: LeaderboardContext) -> str:
         lines.append(f"| {rank} | {r['model']} | {_text(r['input_size'])} | "
                      + " | ".join(cells)
                      + f" | {r['status']} |")
-    if ctx.external is not None and "external_status" in df:
+    if ctx.external is not None and "error" in ctx.external:
+        lines += ["", "## External test set", "", f"Failed: {ctx.external['error']}"]
+    elif ctx.external is not None and "external_status" in df:
         lines += ["", *external_markdown(df, ctx.external)]
     return "\n".join(lines) + "\n"
 
@@ -402,7 +409,8 @@ def external_markdown(df: pd.DataFrame, ext: dict[str, Any]) -> list[str]:
     counts = ", ".join(f"{k} {v}" for k, v in sorted(ext["counts"].items()))
     lines = [f"## External test set `{ext['version']}`", "",
              f"Images per class: {counts}; {ext['dropped_in_cv']} images dropped as also in "
-             "the cross-validation data (same sha256). Each model's head was trained once on "
+             f"the cross-validation data (same sha256), {ext.get('dropped_copies', 0)} as "
+             "copies of its images (perceptual hash). Each model's head was trained once on "
              "all cross-validation images (the same settings) and predicted these. Each cell: "
              "estimate [95 % interval, patient-level bootstrap].", ""]
     notes = {n for n in df["external_note"] if isinstance(n, str)}

@@ -58,6 +58,17 @@ def exists(uri: str) -> bool:
         raise _unusable(uri, exc, "look up") from exc
 
 
+def size(uri: str) -> int | None:
+    """Bytes of the file at ``uri``, None when there is none."""
+    fs, path = filesystem(uri)
+    try:
+        return int(fs.size(path))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _unusable(uri, exc, "look up") from exc
+
+
 def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
     try:

@@ -72,9 +72,10 @@ def fold_result_uri(out: str, version: str, cfg: BenchmarkConfig, model: str, fo
 
 def cached_features(root: str, shas: list[str], views: int, model: str
                     ) -> dict[str, np.ndarray]:
-    """The cached features of every sha (at least ``views`` rotated views each), or a
+    """The cached features of every sha (views 0..``views``, [views + 1, D] each), or a
     one-line error saying how many are missing and where."""
-    feats = {sha: arr for sha, arr in read_features(root, shas).items()
+    # files may hold more views than this run needs (an earlier run's): keep what it uses
+    feats = {sha: arr[: views + 1] for sha, arr in read_features(root, shas).items()
              if arr.shape[0] > views}
     if len(feats) < len(set(shas)):
         raise RuntimeError(f"{len(set(shas)) - len(feats)} of {len(set(shas))} images have no "

@@ -74,7 +74,8 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
         progress=0.0, key="training-progress",
         description=f"{len(jobs)} (model, repeat, fold) tasks, border-only control included")
 
-    def gpu_work():  # a fresh context manager each time: one can be entered only once
+    def gpu_work() -> contextlib.AbstractContextManager:  # a fresh one each time: a
+        # generator context manager can be entered only once
         return dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext()
 
     # Dask priority = expected GMACs (a float: higher runs first, small data sets keep order)
@@ -125,7 +126,9 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
         try:
             (control_records if control else records).append(fut.result())
         except Exception as exc:  # noqa: BLE001 - a failed model must not fail the flow
-            cause = extract_error(extract.get((model, control))) or one_line(exc)
+            needs = control or cfg.mode == "cached"  # online folds need no extraction
+            cause = (extract_error(extract.get((model, control))) if needs else None) or (
+                one_line(exc))
             (control_failures if control else failures).setdefault(model, f"{where}: {cause}")
             logger.error("model %s %s%s failed: %s", model,
                          "border-only control " if control else "", where, cause)
@@ -155,7 +158,7 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
             "wall_seconds": wall}
 
 
-def extract_error(fut) -> str | None:
+def extract_error(fut: Any) -> str | None:
     """The extraction task's error, when that is why a head-training task did not run."""
     if fut is None or not fut.state.is_failed():
         return None
@@ -256,11 +259,18 @@ def covid_benchmark(
     for text in warnings:
         logger.warning("confound: %s", text)
 
-    ext = None
+    ext, ext_error = None, None
     if external_specs:
-        ext = external_dataset([str(s) for s in external_specs], out, data, dataset["uri"])
-        logger.info("external set %s: %s; %d images dropped as also in the CV data",
-                    ext["dataset"]["version"], ext["dataset"]["counts"], ext["dropped_in_cv"])
+        try:
+            ext = external_dataset([str(s) for s in external_specs], out, data,
+                                   dataset["uri"])
+        except Exception as exc:  # noqa: BLE001 - the cross-validation stands without it
+            ext_error = one_line(exc)
+            logger.error("external test set failed: %s", ext_error)
+    if ext:
+        logger.info("external set %s: %s; %d images dropped as also in the CV data, %d as "
+                    "copies of CV images", ext["dataset"]["version"], ext["dataset"]["counts"],
+                    ext["dropped_in_cv"], ext["dropped_copies"])
 
     write_resolved_config(out, dataset["version"], cfg)
     runner = (ThreadPoolTaskRunner(max_workers=1) if spec.threads
@@ -288,7 +298,9 @@ def covid_benchmark(
         alpha=cfg.alpha, seed=cfg.seed, warnings=tuple(warnings),
         control_box=cfg.control_box if cfg.controlled_models else None,
         external=({"version": ext["dataset"]["version"], "counts": ext["dataset"]["counts"],
-                   "dropped_in_cv": ext["dropped_in_cv"]} if ext else None),
+                   "dropped_in_cv": ext["dropped_in_cv"],
+                   "dropped_copies": ext["dropped_copies"]} if ext else
+                  {"error": ext_error} if ext_error else None),
     )
     folders = [results_root(out, dataset["version"], cfg), out]
     board = aggregate(trained["records"] + baseline, failures,
@@ -307,6 +319,7 @@ def covid_benchmark(
         "control": {"failures": trained["control"]["failures"],
                     "extraction": trained["control"]["extraction"],
                     "reused": sum(1 for r in trained["control"]["records"] if r.get("reused"))},
-        "external": ({**ext, "failures": trained["external"]["failures"]} if ext else None),
+        "external": ({**ext, "failures": trained["external"]["failures"]} if ext else
+                     {"error": ext_error} if ext_error else None),
         "results": folders[0],
     }

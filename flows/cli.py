@@ -70,14 +70,22 @@ def run_benchmark(args: argparse.Namespace, sources: list[str], cfg: BenchmarkCo
 def print_result(result: dict) -> None:
     print(f"dataset version: {result['dataset_version']}  config: {result['config_hash']}")
     print(f"fold results reused from earlier runs: {result['reused']}")
-    if result.get("external"):
-        ext = result["external"]
+    ext = result.get("external")
+    if ext and "error" in ext:
+        print(f"external test set FAILED: {ext['error']}")
+    elif ext:
         print(f"external test set: {ext['dataset']['version']} {ext['dataset']['counts']}, "
-              f"{ext['dropped_in_cv']} images dropped as also in the CV data")
+              f"{ext['dropped_in_cv']} images dropped as also in the CV data, "
+              f"{ext['dropped_copies']} as copies of CV images")
     for model, why in result["failures"].items():
         print(f"FAILED {model}: {why}")
     print(storage.read_text(result["leaderboard"]["md"]))
     print("leaderboard: " + ", ".join(result["leaderboard"].values()))
+
+
+def failed(result: dict) -> bool:
+    """A model failed, or the external test set asked for could not be made."""
+    return bool(result["failures"]) or "error" in (result.get("external") or {})
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -85,7 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = resolve_run(args, args.source, args.preset or "paper")
     result = run_benchmark(args, args.source, cfg)
     print_result(result)
-    return 1 if result["failures"] else 0
+    return 1 if failed(result) else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -99,7 +107,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"{data.covid_patients} patients, {data.normal_images} normal DICOMs)")
     result = run_benchmark(args, [f"ieee8023={data.ieee8023}", f"rsna={data.rsna}"], cfg)
     print_result(result)
-    return 1 if result["failures"] else 0
+    return 1 if failed(result) else 0
 
 
 def add_flow_commands(sub: argparse._SubParsersAction) -> None:

@@ -17,7 +17,8 @@ def external_dataset(sources: list[str], out: str, settings: dict, cv_dataset_ur
     """Ingest the external sources (no balancing, no folds, CV images dropped)."""
     info, report = prepare_external([parse_source(s) for s in sources], out,
                                     DataSettings(**settings), cv_dataset_uri)
-    return {"dataset": info.as_dict(), "dropped_in_cv": report["dropped_in_cv"]}
+    return {"dataset": info.as_dict(), "dropped_in_cv": report["dropped_in_cv"],
+            "dropped_copies": report["dropped_copies"]}
 
 
 @task(name="test-external", task_run_name="test-external-{model}", **RETRY,

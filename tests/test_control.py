@@ -64,15 +64,23 @@ def test_leaderboard_control_columns_drops_and_note():
                              {"A": 96, "B": 96}, bootstrap_resamples=0, control_box=0.6)
     records = [fold("A", k, 0.95, 0.9) for k in range(2)] + [
         fold("B", k, 0.85, 0.8) for k in range(2)]
+    # a second repeat of A: the control (repeat 0) is compared with A's repeat-0 folds
+    records += [{**fold(m, k, 0.55, 0.5), "repeat": 1} for m in "AB" for k in range(2)]
+    ctx = LeaderboardContext(**{**ctx.__dict__, "repeats": 2})
     ctl = {"records": [fold("A", 0, 0.9, 0.85), fold("A", 1, 0.8, 0.75)],
            "failures": {"B": "fold 1: boom"}}
     board = build(records, {}, ["A", "B"], ctx, None, ctl).set_index("model")
+    assert board.loc["A", "auc_mean"] == pytest.approx(0.75)  # over both repeats
     assert board.loc["A", "control_auc"] == pytest.approx(0.85)
     assert board.loc["A", "control_auc_drop"] == pytest.approx(0.10)
     assert board.loc["A", "control_balanced_accuracy_drop"] == pytest.approx(0.10)
     assert board.loc["A", "control_status"] == "ok"
-    assert np.isnan(board.loc["B", "control_auc"])
+    assert np.isnan(board.loc["B", "control_auc"])  # a partial control is not shown
     assert board.loc["B", "control_status"] == "failed: fold 1: boom"
+    half = {"records": [fold("B", 0, 0.9, 0.9)], "failures": {}}
+    partial = build(records, {}, ["A", "B"], ctx, None, half).set_index("model")
+    assert partial.loc["B", "control_status"] == "incomplete: 1 of 2 folds"
+    assert np.isnan(partial.loc["B", "control_auc"])
     assert board.loc["B", "status"] == "ok"  # the control's failure leaves the row ranked
     md = to_markdown(board.reset_index(), ctx)
     assert "A (AUC 0.850) still reach AUC ≥ 0.8 without the image's centre" in md

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from boards import cnn_rows
+from PIL import Image
 from sklearn import metrics as sk
 
 from covid_pipeline import external, layout
@@ -31,8 +32,8 @@ def test_single_class_sets_report_only_the_recall_that_exists():
     for name in ("sensitivity", "precision", "f1", "balanced_accuracy", "auc"):
         assert values[name] is None, name
     assert external.defined_metrics(y) == ("specificity",)
-    assert external.missing_note(y).startswith("only normal images: AUC, balanced accuracy "
-                                               "and F1 need COVID-19 images too")
+    assert external.missing_note(y).startswith("only normal images: AUC and balanced "
+                                               "accuracy need COVID-19 images too")
     ones = np.ones(6, np.int64)
     values = external.external_metrics(ones, p)
     assert values["sensitivity"] == pytest.approx(2 / 6) and values["specificity"] is None
@@ -66,17 +67,24 @@ def class_folder_copy(shared_data, cv_manifest: pd.DataFrame, root, covid_new: i
     for f in new + old:
         shutil.copy(f, root / "covid" / f.name)
     dropped = len(old)
-    normal = 0
+    normal = copies = 0
     if normals:
         (root / "normal").mkdir()
+        # SOURCES.csv says which public image each RSNA-layout file was made from: a 'No
+        # Finding' image that one was made from is a copy of a CV normal
+        made_from = set(pd.read_csv(shared_data / "rsna-pneumonia-format" / "SOURCES.csv")
+                        ["source_image"].astype(str))
         for name in meta[meta["finding"] == "No Finding"]["filename"]:
             shutil.copy(ieee / "images" / name, root / "normal" / name)
-            normal += 1
+            if f"ieee8023/{name}" in made_from:
+                copies += 1
+            else:
+                normal += 1
         cv_normals = cv_manifest[cv_manifest["label"] == 0]["uri"].astype(str).tolist()[:2]
         for uri in cv_normals:
             shutil.copy(uri, root / "normal" / uri.rsplit("/", 1)[-1])
         dropped += len(cv_normals)
-    return {"covid": len(new), "normal": normal, "dropped": dropped}
+    return {"covid": len(new), "normal": normal, "dropped": dropped, "copies": copies}
 
 
 @pytest.mark.slow
@@ -89,19 +97,32 @@ def test_external_version_drops_cv_images_and_is_neither_balanced_nor_folded(
     info, report = external.prepare_external([SourceSpec("folder", str(tmp_path / "ext"))],
                                              out, SMOKE_DATA, cv.uri)
     assert report["dropped_in_cv"] == expected["dropped"] == 5
-    assert info.counts == {"COVID-19": 5, "normal": 2}  # 5 vs 2: not balanced
+    # one 'No Finding' image is the source of an RSNA-layout normal of the CV: a copy
+    assert report["dropped_copies"] == expected["copies"] == 1
+    assert info.counts == {"COVID-19": 5, "normal": 1}  # 5 vs 1: not balanced
     assert info.n_folds == 1 and info.version != cv.version
     manifest = read_parquet(layout.dataset_manifest(info.uri))
     assert (manifest["fold"] == 0).all()
     assert not set(manifest["sha256"]) & set(cv_manifest["sha256"])
     assert load_dataset(info.uri).counts == info.counts
 
+    # a re-encoded copy of a CV image (another sha256) is dropped as a copy
+    copy_root = tmp_path / "with-copy"
+    shutil.copytree(tmp_path / "ext", copy_root)
+    cv_covid = cv_manifest[cv_manifest["label"] == 1]["uri"].astype(str).iloc[0]
+    with Image.open(cv_covid) as img:
+        img.convert("L").save(copy_root / "covid" / "re-encoded.jpg", quality=60)
+    info2, report2 = external.prepare_external([SourceSpec("folder", str(copy_root))], out,
+                                               SMOKE_DATA, cv.uri)
+    assert report2["dropped_copies"] == report["dropped_copies"] + 1
+    assert info2.counts == info.counts
+
     everything_in_cv = tmp_path / "all-in-cv"
     (everything_in_cv / "normal").mkdir(parents=True)
     for uri in cv_manifest["uri"].astype(str)[:2]:
         shutil.copy(uri, everything_in_cv / "normal" / uri.rsplit("/", 1)[-1])
-    with pytest.raises(DataError, match=r"no usable image left \(2 ingested, 2 of them also "
-                                        r"in the cross-validation data"):
+    with pytest.raises(DataError, match=r"no usable image left \(2 ingested: 2 also in the "
+                                        r"cross-validation data, same sha256, 0 copies"):
         external.prepare_external([SourceSpec("folder", str(everything_in_cv))], out,
                                   SMOKE_DATA, cv.uri)
 
@@ -142,7 +163,8 @@ def test_run_with_two_class_then_single_class_external_sets(shared_data, tmp_pat
         assert board.loc[model, "external_auc"] == pytest.approx(
             sk.roc_auc_score(preds["label"], preds["prob_covid"]))
     assert (f"Images per class: COVID-19 {both['covid']}, normal {both['normal']}; "
-            f"{both['dropped']} images dropped as also in the cross-validation data") in md
+            f"{both['dropped']} images dropped as also in the cross-validation data (same "
+            f"sha256), {both['copies']} as copies of its images") in md
 
     proc = subprocess.run([*base, "--external", f"folder={tmp_path / 'covid-only'}"],
                           capture_output=True, text=True, timeout=900)
@@ -159,8 +181,8 @@ def test_run_with_two_class_then_single_class_external_sets(shared_data, tmp_pat
             model, "external_sensitivity"] <= board.loc[model, "external_sensitivity_ci_high"]
         for m in ("auc", "balanced_accuracy", "specificity", "f1"):
             assert np.isnan(board.loc[model, f"external_{m}"]), (model, m)
-    assert "> **Note:** only COVID-19 images: AUC, balanced accuracy and F1 need normal " \
-           "images too, so only sensitivity" in md
+    assert "> **Note:** only COVID-19 images: AUC and balanced accuracy need normal " \
+           "images too (and F1 says nothing without them), so only sensitivity" in md
     assert f"{only['dropped']} images dropped as also in the cross-validation data" in md
 
 

@@ -246,3 +246,20 @@ def test_extraction_in_bounded_chunks_gives_the_same_features(tmp_path, monkeypa
     for sha, arr in a.items():
         np.testing.assert_allclose(b[sha].astype(np.float32), arr.astype(np.float32),
                                    atol=1e-2 * float(np.abs(arr).max()))
+
+
+def test_files_with_more_views_than_needed_are_cut_to_what_the_run_uses(tmp_path):
+    """A run with fewer epochs than an earlier one reads files of both lengths."""
+    from covid_pipeline.features import encode_features, feature_uri
+    from covid_pipeline.training import cached_features
+
+    root = str(tmp_path / "features")
+    long_sha, short_sha = "a" * 64, "b" * 64
+    storage.write_bytes(feature_uri(root, long_sha),
+                        encode_features(np.ones((121, 8), np.float16)))
+    storage.write_bytes(feature_uri(root, short_sha),
+                        encode_features(np.ones((4, 8), np.float16)))
+    feats = cached_features(root, [long_sha, short_sha], 3, "VGG16")
+    assert {sha: arr.shape for sha, arr in feats.items()} == {long_sha: (4, 8),
+                                                               short_sha: (4, 8)}
+    np.stack(list(feats.values()))  # what training does with them

@@ -196,3 +196,18 @@ def test_an_unchanged_s3_rerun_gets_no_image_object(counting_s3):
     again, _ = prepare(sources, "s3://ingest/out", SETTINGS)
     assert again.version == first.version
     assert image_gets() == 0, sorted(counting_s3)
+
+
+def test_a_new_decoder_version_reads_every_file_again(tmp_path, image_reads, monkeypatch):
+    """Facts from another decoder (or image library) version are never trusted."""
+    from covid_pipeline import imaging
+
+    root = tmp_path / "data"
+    make_synthetic(str(root), covid_patients=3, normals=6, size=96, seed=5)
+    prepare(specs(root), str(tmp_path / "out"), SETTINGS)
+    image_reads.clear()
+    prepare(specs(root), str(tmp_path / "out"), SETTINGS)
+    assert sum(image_reads.values()) == 0
+    monkeypatch.setattr(imaging, "DECODER_VERSION", imaging.DECODER_VERSION + 1)
+    prepare(specs(root), str(tmp_path / "out"), SETTINGS)
+    assert sum(image_reads.values()) == 3 * 2 + 6
