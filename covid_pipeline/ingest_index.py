@@ -16,6 +16,7 @@ import json
 from typing import Any
 
 import pandas as pd
+import PIL
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -31,8 +32,7 @@ def fingerprint() -> str:
     """What made the facts besides the files: this format, the decoder's version and the
     image libraries'. Another fingerprint discards the whole index (every file is read
     again), so a decoder fix or a library upgrade never leaves stale facts or rejections."""
-    import PIL
-    import pydicom
+    import pydicom  # seconds to import; only for its version here
 
     return json.dumps({"format": FORMAT, "decoder": imaging.DECODER_VERSION,
                        "pillow": PIL.__version__, "pydicom": pydicom.__version__},
