@@ -188,3 +188,31 @@ def test_run_with_two_class_then_single_class_external_sets(shared_data, tmp_pat
 
 def external_version(markdown: str) -> str:
     return markdown.split("## External test set `", 1)[1].split("`", 1)[0]
+
+
+@pytest.mark.slow
+@pytest.mark.flow
+@pytest.mark.usefixtures("prefect_api")
+def test_an_external_set_that_cannot_be_made_fails_alone(synth_root, tmp_path):
+    """Every external image is also a CV image: the run still writes the CV board, which
+    says why the external section is missing, and the result carries the error."""
+    from covid_pipeline.config import resolve_config
+    from flows.benchmark import covid_benchmark
+
+    normal = tmp_path / "ext" / "normal"
+    normal.mkdir(parents=True)
+    for i in (0, 2):
+        name = f"00000000-0000-4000-8000-{i:012d}.dcm"
+        shutil.copy(synth_root / "rsna" / "stage_2_train_images" / name, normal / name)
+    cfg = resolve_config("smoke", models="VGG16", folds=2, epochs=1, input_size=32,
+                         image_size=64, weights="none", control_models="none")
+    result = covid_benchmark(
+        sources=[f"ieee8023={synth_root / 'ieee8023'}", f"rsna={synth_root / 'rsna'}"],
+        out=str(tmp_path / "out"), config=cfg, cluster="threads",
+        external=[f"folder={tmp_path / 'ext'}"])
+    assert "no usable image left (2 ingested: 2 also in the cross-validation data" in (
+        result["external"]["error"])
+    assert not result["failures"]
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "## External test set\n\nFailed: DataError: external set folder=" in md
+    assert "| VGG16 |" in md
