@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from imagefiles import add_covid_images, grey
-from netutil import free_port
 from PIL import Image
+from s3util import moto_s3
 
 from covid_pipeline import storage
 from covid_pipeline.dataset import DataSettings, prepare
@@ -153,31 +153,8 @@ def counting_s3(synth_root):
             self._server_ready_event.set()
             self._server.serve_forever()
 
-    port = free_port()
-    server = Counting(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
-    fs = s3fs.S3FileSystem()
-    fs.mkdir("ingest")
-    for path in Path(synth_root).rglob("*"):
-        if path.is_file():
-            fs.pipe_file(f"ingest/data/{path.relative_to(synth_root)}", path.read_bytes())
-    try:
+    with moto_s3(Counting, "ingest", synth_root):
         yield gets
-    finally:
-        s3fs.S3FileSystem.clear_instance_cache()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        server.stop()
 
 
 @pytest.mark.slow

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import io
 import os
-from pathlib import Path
 
 import pandas as pd
 import pytest
 from boards import cnn_rows
-from netutil import free_port
+from s3util import moto_s3
 
 from covid_pipeline.config import resolve_config
 
@@ -22,33 +21,8 @@ def s3(synth_root):
     """A moto S3 server on 127.0.0.1 holding the synthetic sources; env points s3fs at it."""
     from moto.server import ThreadedMotoServer
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                            "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")}
-    os.environ.update({"AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "planted-s3cr3t-4e9b",
-                       "AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"})
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
-    fs = s3fs.S3FileSystem()
-    fs.mkdir(BUCKET)
-    for path in Path(synth_root).rglob("*"):
-        if path.is_file():
-            fs.pipe_file(f"{BUCKET}/data/{path.relative_to(synth_root)}", path.read_bytes())
-    try:
+    with moto_s3(ThreadedMotoServer, BUCKET, synth_root, secret="planted-s3cr3t-4e9b") as fs:
         yield fs
-    finally:
-        s3fs.S3FileSystem.clear_instance_cache()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        server.stop()
 
 
 def flow_run_tree(client, run_id) -> list:
