@@ -9,7 +9,6 @@ the acquisition, not the disease.
 
 from __future__ import annotations
 
-import io
 import time
 from typing import Any
 
@@ -65,11 +64,12 @@ def intensity_histograms(info: DatasetInfo, batch: int = 256) -> dict[str, np.nd
     Parquet images ``batch`` rows at a time (never all images at once)."""
     out = {}
     for k in range(info.n_folds):
-        table = pq.ParquetFile(io.BytesIO(storage.read_bytes(info.images_uri(k))))
-        for rows in table.iter_batches(batch_size=batch, columns=["image_id", "png"]):
-            ids, pngs = rows.column("image_id").to_pylist(), rows.column("png").to_pylist()
-            out.update({str(i): histogram(imaging.decode_png(png))
-                        for i, png in zip(ids, pngs, strict=True)})
+        with storage.open_read(info.images_uri(k)) as fh:
+            for rows in pq.ParquetFile(fh).iter_batches(batch_size=batch,
+                                                        columns=["image_id", "png"]):
+                ids, pngs = rows.column("image_id").to_pylist(), rows.column("png").to_pylist()
+                out.update({str(i): histogram(imaging.decode_png(png))
+                            for i, png in zip(ids, pngs, strict=True)})
     return out
 
 

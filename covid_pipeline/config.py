@@ -165,6 +165,10 @@ class BenchmarkConfig(_Frozen):
                                 "patient-grouped split (cached mode: no extra backbone pass)")
     extract_batch_size: Int = setting(32, ge=1, hashed=False,
                                       help="backbone batch size of feature extraction")
+    cluster_ingest_files: Int = setting(
+        2000, ge=1, hashed=False,
+        help="files to read (those the ingest index does not know) from which the flow "
+             "reads them in chunks on the Dask cluster instead of in its own process")
     bootstrap_resamples: Int = setting(2000, ge=0, hashed=False,
                                        help="patient-level bootstrap resamples of the 95 % "
                                             "intervals (0: no intervals)")

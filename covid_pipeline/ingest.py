@@ -13,7 +13,7 @@ import os
 import posixpath
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -108,45 +108,6 @@ FACT_COLUMNS = ("sha256", "width", "height", "file_format", "bit_depth", "colour
 CHUNK = 512  # files read between two saves of the ingest index
 
 
-def read_candidates(candidates: list[Candidate], out: str, size: int, workers: int,
-                    index: IngestIndex | None = None,
-                    stats: dict[str, FileStat] | None = None) -> list[dict | Rejected]:
-    """Manifest rows or rejections of ``candidates``, in order: from the ingest index for
-    files it knows at their current size and version (and whose PNG exists), else read.
-
-    Reads stream through one thread pool (no idle threads between chunks); the index is
-    saved after every :data:`CHUNK` reads, so an interrupted ingest keeps what it read.
-    """
-    stats = stats or {}
-    have_png = _stored_pngs(out, size) if index is not None else set()
-    facts: list[dict[str, Any] | None] = []
-    for cand in candidates:
-        known = index.lookup(cand.uri, stats.get(cand.uri)) if index is not None else None
-        if known is not None and "reason" not in known and known["sha256"] not in have_png:
-            known = None  # its PNG at this size is missing: read it again
-        facts.append(known)
-    todo = [i for i, f in enumerate(facts) if f is None]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(read_facts, candidates[i].uri, out, size, have_png)
-                   for i in todo]
-        try:
-            for n, (i, fut) in enumerate(zip(todo, futures, strict=True), start=1):
-                facts[i] = fact = fut.result()
-                if index is not None:
-                    if not fact.get("transient"):
-                        index.record(candidates[i].uri, stats.get(candidates[i].uri), fact)
-                    if n % CHUNK == 0:
-                        index.save()
-        except BaseException:  # an interrupt or a failed read: stop, do not read the rest
-            for fut in futures:
-                fut.cancel()
-            raise
-    if index is not None:
-        log.info("ingest: %d files read, %d known from the ingest index", len(todo),
-                 len(candidates) - len(todo))
-    return [manifest_row(c, f) for c, f in zip(candidates, facts, strict=True)]
-
-
 def _stored_pngs(out: str, size: int) -> set[str]:
     """sha256 of every normalised PNG at ``size``, from one listing."""
     return {posixpath.basename(rel)[: -len(".png")]
@@ -166,22 +127,51 @@ def candidate_frame(candidates: list[Candidate]) -> pd.DataFrame:
     })
 
 
-def ingest(
+@dataclass
+class IngestPlan:
+    """What an ingest has to do: the candidates (unique image ids, in order), the scan's
+    rejections and exclusions, each source file's listing stat, and the facts the ingest
+    index already holds (None: the file must be read)."""
+
+    candidates: list[Candidate]
+    rejected: list[Rejected]
+    excluded: dict[str, dict[str, int]]
+    stats: dict[str, FileStat]
+    known: list[dict[str, Any] | None]
+    roots: list[str]
+
+    @property
+    def todo(self) -> list[int]:
+        """Positions of the candidates whose files must be read."""
+        return [i for i, f in enumerate(self.known) if f is None]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"candidates": [asdict(c) for c in self.candidates],
+                "rejected": [asdict(r) for r in self.rejected], "excluded": self.excluded,
+                "stats": {u: list(s) for u, s in sorted(self.stats.items())},
+                "known": self.known, "roots": self.roots}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> IngestPlan:
+        return cls([Candidate(**c) for c in obj["candidates"]],
+                   [Rejected(**r) for r in obj["rejected"]], obj["excluded"],
+                   {u: FileStat(int(s[0]), str(s[1])) for u, s in obj["stats"].items()},
+                   obj["known"], obj["roots"])
+
+
+def plan(
     specs: list[SourceSpec],
     out: str,
     *,
     image_size: int = imaging.CANONICAL_SIZE,
     options: dict[str, dict] | None = None,
-    threads: int | None = None,
     precheck: Callable[[pd.DataFrame], None] | None = None,
     incremental: bool = True,
-) -> IngestResult:
-    """Scan every source, read every candidate image, and return manifest + quarantine.
+) -> IngestPlan:
+    """Scan every source (one listing each) and look each candidate up in the ingest index.
 
     ``precheck`` gets the candidates (``label``, ``patient_id``) before any image is read or
     written, to fail early on a data set that cannot succeed (it raises DataError).
-    ``incremental``: files the ingest index knows at their current size and version are
-    not read again (the result is the same as a cold ingest's: tests/test_ingest_index.py).
     """
     if not specs:
         raise DataError("no --source given; add e.g. --source ieee8023=/data/covid-chestxray")
@@ -213,16 +203,83 @@ def ingest(
     if precheck is not None:
         precheck(candidate_frame(unique))
 
-    workers = threads or min(16, 2 * (os.cpu_count() or 1) + 2)
-    index = IngestIndex(out) if incremental else None
-    results = read_candidates(unique, out, image_size, workers, index, stats)
-    if index is not None:
-        index.forget_missing([s.uri for s in specs], set(stats))
-        index.save()
+    known: list[dict[str, Any] | None] = [None] * len(unique)
+    if incremental:
+        index = IngestIndex(out)
+        have_png = _stored_pngs(out, image_size)
+        for i, cand in enumerate(unique):
+            fact = index.lookup(cand.uri, stats.get(cand.uri))
+            if fact is not None and ("reason" in fact or fact["sha256"] in have_png):
+                known[i] = fact  # (a known image whose PNG at this size is missing: read)
+    return IngestPlan(unique, rejected, excluded, stats, known, [s.uri for s in specs])
 
+
+def read_files(uris: list[str], out: str, size: int, workers: int,
+               record: Callable[[int, dict[str, Any]], None] | None = None
+               ) -> list[dict[str, Any]]:
+    """:func:`read_facts` of each of ``uris``, in order, on a pool of ``workers`` threads.
+
+    Reads stream through one pool (no idle threads between chunks); ``record(i, facts)``
+    is called as each result arrives, in order. An interrupt or a failed read stops the
+    reading of the rest.
+    """
+    have_png = _stored_pngs(out, size)
+    results: list[dict[str, Any]] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(read_facts, uri, out, size, have_png) for uri in uris]
+        try:
+            for i, fut in enumerate(futures):
+                results.append(fut.result())
+                if record is not None:
+                    record(i, results[-1])
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+    return results
+
+
+def read_planned(p: IngestPlan, out: str, size: int, workers: int,
+                 index: IngestIndex | None) -> list[dict[str, Any]]:
+    """The facts of every candidate of ``p``: known ones from the plan, the rest read here
+    (the ingest index, if given, records them and is saved every :data:`CHUNK` reads, so
+    an interrupted ingest keeps what it read)."""
+    todo = p.todo
+    facts = list(p.known)
+
+    def record(n: int, fact: dict[str, Any]) -> None:
+        i = todo[n]
+        facts[i] = fact
+        if index is not None:
+            uri = p.candidates[i].uri
+            if not fact.get("transient"):
+                index.record(uri, p.stats.get(uri), fact)
+            if (n + 1) % CHUNK == 0:
+                index.save()
+
+    read_files([p.candidates[i].uri for i in todo], out, size, workers, record)
+    if index is not None:
+        log.info("ingest: %d files read, %d known from the ingest index", len(todo),
+                 len(p.candidates) - len(todo))
+    return facts  # type: ignore[return-value]
+
+
+def finish(p: IngestPlan, facts: list[dict[str, Any]], out: str,
+           index: IngestIndex | None = None, read: list[int] | None = None) -> IngestResult:
+    """Manifest and quarantine from the plan and every candidate's facts. ``index`` is saved
+    (recording the facts at positions ``read`` first, when given) and forgets files the
+    listing no longer shows."""
+    if index is not None:
+        for i in read or []:
+            uri = p.candidates[i].uri
+            if not facts[i].get("transient"):
+                index.record(uri, p.stats.get(uri), facts[i])
+        index.forget_missing(p.roots, set(p.stats))
+        index.save()
+    rejected = list(p.rejected)
     rows: list[dict] = []
     by_sha: dict[str, str] = {}
-    for res in results:
+    for res in (manifest_row(c, f) for c, f in zip(p.candidates, facts, strict=True)):
         if isinstance(res, Rejected):
             rejected.append(res)
         elif res["sha256"] in by_sha:
@@ -233,4 +290,31 @@ def ingest(
             rows.append(res)
     for r in rejected:
         log.warning("quarantined %s (%s): %s %s", r.image_id, r.uri, r.reason, r.detail)
-    return IngestResult(manifest_frame(rows), quarantine_frame(rejected), excluded)
+    return IngestResult(manifest_frame(rows), quarantine_frame(rejected), p.excluded)
+
+
+def default_threads() -> int:
+    return min(16, 2 * (os.cpu_count() or 1) + 2)
+
+
+def ingest(
+    specs: list[SourceSpec],
+    out: str,
+    *,
+    image_size: int = imaging.CANONICAL_SIZE,
+    options: dict[str, dict] | None = None,
+    threads: int | None = None,
+    precheck: Callable[[pd.DataFrame], None] | None = None,
+    incremental: bool = True,
+) -> IngestResult:
+    """Scan every source, read every candidate image, and return manifest + quarantine, in
+    this process (:func:`plan`, :func:`read_planned`, :func:`finish`).
+
+    ``incremental``: files the ingest index knows at their current size and version are
+    not read again (the result is the same as a cold ingest's: tests/test_ingest_index.py).
+    """
+    p = plan(specs, out, image_size=image_size, options=options, precheck=precheck,
+             incremental=incremental)
+    index = IngestIndex(out) if incremental else None
+    facts = read_planned(p, out, image_size, threads or default_threads(), index)
+    return finish(p, facts, out, index)

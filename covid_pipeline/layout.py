@@ -139,6 +139,11 @@ def leaderboard(folder: str, ext: str) -> str:
     return join(folder, f"leaderboard.{ext}")
 
 
+def leaderboard_key(folder: str) -> str:
+    """The digest of the inputs the leaderboard files beside it were made from."""
+    return join(folder, "leaderboard.key")
+
+
 def watch_state(out: str, kind: str, key: str) -> str:
     return join(out, "watch", f"{kind}-{key}.json")
 

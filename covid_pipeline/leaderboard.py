@@ -5,7 +5,9 @@ matplotlib is imported inside :func:`to_png` (slow to import; only the PNG needs
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -523,3 +525,51 @@ def write(df: pd.DataFrame, ctx: LeaderboardContext, folders: list[str]) -> dict
             uri = storage.write_bytes(layout.leaderboard(folder, ext), data)
             uris.setdefault(ext, uri)
     return uris
+
+
+BOARD_FORMAT = 1  # bump when the board made from the same inputs changes
+
+
+def inputs_digest(records: list[dict[str, Any]], failures: dict[str, str], models: list[str],
+                  ctx: LeaderboardContext, control: dict | None = None,
+                  external: dict | None = None) -> str:
+    """What a board is made from: the fold records in any order (less ``reused`` and
+    ``timing``, which differ between runs of the same results), failures, models, context,
+    control and external results."""
+    def strip(recs: list[dict[str, Any]]) -> list[str]:  # in any order they finished
+        return sorted(json.dumps({k: v for k, v in r.items() if k not in ("reused", "timing")},
+                                 sort_keys=True, default=str) for r in recs)
+
+    payload = {"format": BOARD_FORMAT, "records": strip(records), "failures": failures,
+               "models": models, "context": ctx.__dict__,
+               "control": control and {**control, "records": strip(control["records"])},
+               "external": external and {**external, "records": strip(external["records"])}}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def stored(folders: list[str], digest: str) -> dict[str, str] | None:
+    """The board files of ``folders[0]`` if they were made from inputs with ``digest``
+    (copied into the other folders when theirs differ); None when it must be built."""
+    first = folders[0]
+    try:
+        if storage.read_text(layout.leaderboard_key(first)).strip() != digest:
+            return None
+        files = {ext: storage.read_bytes(layout.leaderboard(first, ext))
+                 for ext in layout.LEADERBOARD_FILES}
+    except (FileNotFoundError, storage.StorageError):
+        return None
+    for folder in folders[1:]:
+        for ext, data in files.items():
+            uri = layout.leaderboard(folder, ext)
+            try:
+                same = storage.read_bytes(uri) == data
+            except (FileNotFoundError, storage.StorageError):
+                same = False
+            if not same:
+                storage.write_bytes(uri, data)
+    return {ext: layout.leaderboard(first, ext) for ext in layout.LEADERBOARD_FILES}
+
+
+def write_key(folders: list[str], digest: str) -> None:
+    """Record the inputs' digest beside the board (after its files are written)."""
+    storage.write_text(layout.leaderboard_key(folders[0]), digest + "\n")

@@ -21,7 +21,6 @@ import hashlib
 import io
 import json
 import logging
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -31,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from covid_pipeline import layout, storage
+from covid_pipeline import imaging, layout, storage
 from covid_pipeline.ingest import normalised_uri
 
 log = logging.getLogger(__name__)
@@ -183,18 +182,9 @@ def write_dataset(
     put(layout.dataset_quarantine(root), parquet_bytes(quarantine))
     for k in range(n_folds):
         part = manifest[manifest["fold"] == k]
-        pngs = [storage.read_bytes(normalised_uri(out, s, size)) for s in part["sha256"]]
-        images = pd.DataFrame({
-            "image_id": part["image_id"].astype(str).to_numpy(),
-            "sha256": part["sha256"].astype(str).to_numpy(),
-            "label": part["label"].to_numpy(),
-            "fold": part["fold"].to_numpy(),
-            "png": pngs,
-        })
-        put(info.images_uri(k), parquet_bytes(images))
-        put(info.tfrecord_uri(k), _tfrecord_bytes(
-            [_tf_example(r, p) for r, p in zip(part.to_dict("records"), pngs, strict=True)]
-        ))
+        for uri, digest in _write_fold(part, out, size, info.images_uri(k),
+                                       info.tfrecord_uri(k)).items():
+            files[uri[len(root) + 1 :]] = digest
     folds = {
         str(k): {str(n): int(c) for n, c in g.groupby("label_name").size().items()}
         for k, g in manifest.groupby("fold")
@@ -213,17 +203,35 @@ def write_dataset(
     return info
 
 
-def _tfrecord_bytes(records: list[bytes]) -> bytes:
-    """Frame records as a TFRecord file (length, masked CRC32C, data, masked CRC32C)."""
+IMAGES_SCHEMA = pa.schema([("image_id", pa.string()), ("sha256", pa.string()),
+                           ("label", pa.int64()), ("fold", pa.int64()), ("png", pa.binary())])
+ROWS_PER_GROUP = 256  # normalised images held at once while a fold is written
+
+
+def _write_fold(part: pd.DataFrame, out: str, size: int, images_uri: str,
+                tfrecord_uri: str) -> dict[str, str]:
+    """Write one fold's Parquet images and TFRecord shard, :data:`ROWS_PER_GROUP` images at
+    a time (memory bounded whatever the fold's size); return {uri: sha256}."""
     import tensorflow as tf
 
-    with tempfile.TemporaryDirectory(prefix="covid-tfrecord-") as tmp:
-        path = f"{tmp}/part.tfrecord"
-        with tf.io.TFRecordWriter(path) as writer:
-            for rec in records:
-                writer.write(rec)
-        with open(path, "rb") as fh:
-            return fh.read()
+    with storage.writing(images_uri) as pq_path, storage.writing(tfrecord_uri) as tf_path:
+        with pq.ParquetWriter(pq_path, IMAGES_SCHEMA) as parquet, \
+                tf.io.TFRecordWriter(tf_path) as tfrecord:
+            for start in range(0, max(len(part), 1), ROWS_PER_GROUP):
+                rows = part.iloc[start : start + ROWS_PER_GROUP]
+                pngs = [storage.read_bytes(normalised_uri(out, s, size))
+                        for s in rows["sha256"]]
+                parquet.write_table(pa.table({
+                    "image_id": rows["image_id"].astype(str).tolist(),
+                    "sha256": rows["sha256"].astype(str).tolist(),
+                    "label": rows["label"].astype("int64").tolist(),
+                    "fold": rows["fold"].astype("int64").tolist(),
+                    "png": pngs,
+                }, schema=IMAGES_SCHEMA))
+                for row, png in zip(rows.to_dict("records"), pngs, strict=True):
+                    tfrecord.write(_tf_example(row, png))
+        return {images_uri: storage.file_sha256(pq_path),
+                tfrecord_uri: storage.file_sha256(tf_path)}
 
 
 def tfrecord_dataset(path: str):  # -> tf.data.Dataset
@@ -280,16 +288,31 @@ def _split(examples: list[dict]) -> Split:
 
 def iter_splits(info: DatasetInfo, folds: list[int], chunk: int) -> Iterator[Split]:
     """The images of ``folds`` in chunks of at most ``chunk`` images, in shard order: for
-    passes that need no global row order, in memory bounded by ``chunk``."""
-    buffer: list[dict] = []
+    passes that need no global row order, in memory bounded by ``chunk``.
+
+    Read from the Parquet shards a row group at a time and decoded with Pillow (the same
+    pixels as the TFRecords': PNG is lossless); no tf.data buffers, whose autotuning
+    grows with the number of images read.
+    """
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    ids: list[str] = []
+    shas: list[str] = []
     for k in folds:
-        for ex in _examples(info, k):
-            buffer.append(ex)
-            if len(buffer) == chunk:
-                yield _split(buffer)
-                buffer = []
-    if buffer:
-        yield _split(buffer)
+        with storage.open_read(info.images_uri(k)) as fh:
+            for rows in pq.ParquetFile(fh).iter_batches(
+                    batch_size=chunk, columns=["image_id", "sha256", "label", "png"]):
+                for image_id, sha, label, png in zip(*(rows.column(c).to_pylist() for c in (
+                        "image_id", "sha256", "label", "png")), strict=True):
+                    images.append(imaging.decode_png(png)[..., None])
+                    labels.append(int(label))
+                    ids.append(str(image_id))
+                    shas.append(str(sha))
+                    if len(ids) == chunk:
+                        yield Split(np.stack(images), np.array(labels, np.int64), ids, shas)
+                        images, labels, ids, shas = [], [], [], []
+    if ids:
+        yield Split(np.stack(images), np.array(labels, np.int64), ids, shas)
 
 
 def load_split(info: DatasetInfo, folds: list[int]) -> Split:

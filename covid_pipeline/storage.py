@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
 import json
 import os
 import posixpath
@@ -87,31 +88,50 @@ def read_json(uri: str) -> Any:
     return json.loads(read_bytes(uri))
 
 
+@contextlib.contextmanager
+def writing(uri: str) -> Iterator[str]:
+    """A local path to write ``uri``'s content to, committed when the block ends without an
+    error: renamed into place (local) or uploaded whole (object stores); else removed.
+
+    For content too large to hold in memory: write it in pieces to the path.
+    """
+    local = is_local(uri)
+    folder = (os.path.dirname(os.path.abspath(local_path(uri))) if local
+              else local_cache_dir("uploads"))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+        os.close(fd)
+    except OSError as exc:
+        raise StorageError(
+            f"{uri}: cannot write ({exc.strerror or exc}); choose a writable --out location"
+        ) from exc
+    try:
+        yield tmp
+        if local:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, local_path(uri))
+        else:
+            fs, path = filesystem(uri)
+            fs.put_file(tmp, path)
+    except OSError as exc:
+        raise StorageError(
+            f"{uri}: cannot write ({exc.strerror or exc}); " + (
+                "free space or choose another --out" if local
+                else "check the bucket and credentials")
+        ) from exc
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
 def write_bytes(uri: str, data: bytes) -> str:
     """Write ``data`` to ``uri`` atomically; return the URI."""
     if is_local(uri):
-        path = local_path(uri)
-        folder = os.path.dirname(os.path.abspath(path))
-        try:
-            os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-        except OSError as exc:
-            raise StorageError(
-                f"{uri}: cannot write ({exc.strerror or exc}); choose a writable --out location"
-            ) from exc
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise StorageError(
-                f"{uri}: cannot write ({exc.strerror or exc}); free space or choose another --out"
-            ) from exc
+        with writing(uri) as tmp, open(tmp, "wb") as fh:
+            fh.write(data)
         return uri
     fs, path = filesystem(uri)
     try:
@@ -121,6 +141,29 @@ def write_bytes(uri: str, data: bytes) -> str:
             f"{uri}: cannot write ({exc}); check the bucket and credentials"
         ) from exc
     return uri
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a local file, read in pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def open_read(uri: str) -> Iterator[Any]:
+    """A binary file object reading ``uri`` lazily (for files too large to hold)."""
+    fs, path = filesystem(uri)
+    try:
+        fh = fs.open(path, "rb")
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise StorageError(f"{uri}: cannot read ({exc}); check the path and permissions") from exc
+    with fh:
+        yield fh
 
 
 def write_text(uri: str, text: str) -> str:

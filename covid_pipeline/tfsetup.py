@@ -33,17 +33,31 @@ def configure_tensorflow() -> None:
             tf.config.set_visible_devices(gpus[:1], "GPU")
             tf.config.experimental.set_memory_growth(gpus[0], True)
 
-def backbone_precision() -> str:
-    """``mixed_float16`` on GPUs (backbone only; head and loss stay float32), else float32.
-
-    ``COVID_PIPELINE_PRECISION=float32`` turns mixed precision off.
-    """
+def _chosen_precision() -> str | None:
+    """``COVID_PIPELINE_PRECISION`` when it names a precision; None for ``auto``."""
     wanted = os.environ.get("COVID_PIPELINE_PRECISION", "auto")
     if wanted in PRECISIONS:
         return wanted
     if wanted != "auto":
         raise ConfigError(f"COVID_PIPELINE_PRECISION={wanted!r}: use auto, "
                          f"{' or '.join(PRECISIONS)}")
+    return None
+
+
+def backbone_precision() -> str:
+    """``mixed_float16`` on GPUs (backbone only; head and loss stay float32), else float32.
+
+    ``COVID_PIPELINE_PRECISION=float32`` turns mixed precision off.
+    """
+    chosen = _chosen_precision()
+    if chosen:
+        return chosen
     import tensorflow as tf
 
     return "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
+
+
+def precision_for(gpus: int) -> str:
+    """:func:`backbone_precision` of a worker on this machine given ``gpus`` GPUs (as
+    nvidia-smi counts them), without importing TensorFlow."""
+    return _chosen_precision() or ("mixed_float16" if gpus else "float32")

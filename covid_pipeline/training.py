@@ -175,6 +175,50 @@ def fold_key(version: str, cfg: BenchmarkConfig, model: str, fold: int, precisio
             "feature_precision": precision, "weights_sha256": weights_sha256}
 
 
+def reusable(uri: str, key: dict[str, Any], quiet: bool = False) -> dict[str, Any] | None:
+    """The stored result at ``uri`` (marked ``reused``) if it succeeded under ``key``."""
+    if not storage.exists(uri):
+        return None
+    record = storage.read_json(uri)
+    stored = {"repeat": 0, **record}  # records from before repeats are repeat 0
+    if stored.get("status") == "ok" and all(stored.get(k) == v for k, v in key.items()):
+        record["reused"] = True
+        return record
+    if not quiet:
+        log.info("%s: made with other settings (%s); training again", uri,
+                 ", ".join(k for k, v in key.items() if stored.get(k) != v))
+    return None
+
+
+def training_jobs(cfg: BenchmarkConfig) -> list[tuple[str, int, int, bool]]:
+    """Every (model, repeat, fold, control) the benchmark trains a head for."""
+    return [(m, r, k, False) for m in cfg.models for r in range(cfg.repeats)
+            for k in range(cfg.folds)] + [(m, 0, k, True) for m in cfg.controlled_models
+                                          for k in range(cfg.folds)]
+
+
+def stored_results(dataset_uri: str, cfg: BenchmarkConfig, out: str, precision: str,
+                   jobs: list[tuple[str, int, int, bool]]) -> list[dict[str, Any]] | None:
+    """The reusable stored result of every (model, repeat, fold, control) job, computed by
+    workers whose backbone precision is ``precision``; None as soon as one is missing (so
+    a re-run that has nothing to train need not start a cluster). Reads no images."""
+    info = load_dataset(dataset_uri)
+    digests = {m: weights_digest(zoo.get(m), cfg) for m in {job[0] for job in jobs}}
+    records = []
+    for model, repeat, fold, control in jobs:
+        cached = cfg.mode == "cached" or control
+        key = fold_key(info.version, cfg, model, fold, precision if cached else ONLINE_PRECISION,
+                       digests[model], repeat)
+        if control:
+            key.update(controls.of(cfg).key())
+        record = reusable(fold_result_uri(out, info.version, cfg, model, fold, repeat, control),
+                          key, quiet=True)
+        if record is None:
+            return None
+        records.append(record)
+    return records
+
+
 def train_fold(dataset_uri: str, model_name: str, fold: int, cfg: BenchmarkConfig,
                out: str, features: dict[str, Any] | None = None, repeat: int = 0,
                control: bool = False) -> dict[str, Any]:
@@ -199,14 +243,9 @@ def train_fold(dataset_uri: str, model_name: str, fold: int, cfg: BenchmarkConfi
     if control:
         key.update(controls.of(cfg).key())
     uri = fold_result_uri(out, info.version, cfg, model_name, fold, repeat, control)
-    if storage.exists(uri):
-        record = storage.read_json(uri)
-        stored = {"repeat": 0, **record}  # records from before repeats are repeat 0
-        if stored.get("status") == "ok" and all(stored.get(k) == v for k, v in key.items()):
-            record["reused"] = True
-            return record
-        log.info("%s: made with other settings (%s); training again", uri,
-                 ", ".join(k for k, v in key.items() if stored.get(k) != v))
+    record = reusable(uri, key)
+    if record is not None:
+        return record
     configure_tensorflow()
     started = time.time()
     if control:

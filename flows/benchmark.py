@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 import dask
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
@@ -27,13 +27,22 @@ from covid_pipeline.config import BenchmarkConfig, load_preset, resolve_config, 
 from covid_pipeline.features import needed_views
 from covid_pipeline.leaderboard import LeaderboardContext
 from covid_pipeline.sources import parse_source
-from covid_pipeline.training import results_root, write_resolved_config
+from covid_pipeline.tfsetup import precision_for
+from covid_pipeline.training import results_root, training_jobs, write_resolved_config
 from flows import credentials
-from tasks.data import balance_and_folds, confound_report, ingest_sources, write_shards
+from tasks.data import (
+    balance_and_folds,
+    confound_report,
+    finish_ingest,
+    ingest_sources,
+    plan_ingest,
+    read_chunk,
+    write_shards,
+)
 from tasks.external import external_dataset, train_external_task
 from tasks.features import extract_features_task
 from tasks.report import aggregate
-from tasks.training import train_baseline_task, train_fold_task
+from tasks.training import stored_results_task, train_baseline_task, train_fold_task
 
 MAX_ERROR = 300
 
@@ -54,6 +63,16 @@ def expected_cost(model: str, cfg: BenchmarkConfig, n_images: int,
     return gmacs * n_images * (cfg.epochs * (cfg.folds - 1) / cfg.folds + 1 / cfg.folds)
 
 
+def reused_only(records: list[dict]) -> dict:
+    """``train_models``' result when every fold result is stored: no cluster is started."""
+    return {"records": [r for r in records if not r.get("control")], "failures": {},
+            "reused": sum(1 for r in records if not r.get("control")),
+            "extraction": [],
+            "control": {"records": [r for r in records if r.get("control")], "failures": {},
+                        "extraction": []},
+            "external": {"records": [], "failures": {}}, "wall_seconds": 0.0}
+
+
 @flow(name="train-models", log_prints=True)
 def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_workers: int = 1,
                  gpu: bool = False, external_uri: str | None = None) -> dict:
@@ -67,9 +86,7 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
     cfg = BenchmarkConfig.from_dict(config)
     controlled = cfg.controlled_models
     logger.info(controls.cost_line(cfg, n_images))
-    jobs = [(m, r, k, False) for m in cfg.models for r in range(cfg.repeats)
-            for k in range(cfg.folds)] + [(m, 0, k, True) for m in controlled
-                                          for k in range(cfg.folds)]
+    jobs = training_jobs(cfg)
     progress = create_progress_artifact(
         progress=0.0, key="training-progress",
         description=f"{len(jobs)} (model, repeat, fold) tasks, border-only control included")
@@ -182,6 +199,32 @@ def log_makespan(logger, extraction: list[dict], records: list[dict], wall: floa
                 wall, bound, len(tasks), workers)
 
 
+@flow(name="ingest-on-cluster", log_prints=True)
+def ingest_on_cluster(plan_uri: str, out: str, settings: dict, chunks: int) -> int:
+    """Read a staged ingest plan's chunks as tasks on the Dask cluster; return the files
+    read (chunks staged by an interrupted run are not read again)."""
+    futures = read_chunk.map(unmapped(plan_uri), list(range(chunks)), unmapped(out),
+                             unmapped(settings))
+    return sum(f.result() for f in futures)
+
+
+def ingest(specs: list, out: str, cfg: BenchmarkConfig, cluster: str, workers: int | None,
+           spec: clusters.ClusterSpec) -> str:
+    """Plan the ingest; read in this process, or on the Dask cluster in chunks when there
+    are at least ``cfg.cluster_ingest_files`` files to read; return the staged manifest."""
+    logger = get_run_logger()
+    data = cfg.data.as_dict()
+    planned = plan_ingest([str(s) for s in specs], out, data)
+    if spec.threads or planned["files"] < cfg.cluster_ingest_files:
+        return ingest_sources(planned["uri"], out, data)
+    logger.info("ingest: %d files to read, in %d chunks on the Dask cluster",
+                planned["files"], planned["chunks"])
+    ingest_spec = clusters.resolve(cluster, planned["chunks"], workers)
+    ingest_on_cluster.with_options(task_runner=DaskTaskRunner(**ingest_spec.runner_kwargs()))(
+        planned["uri"], out, data, planned["chunks"])
+    return finish_ingest(planned["uri"], out, data, planned["chunks"])
+
+
 PAPER = load_preset("paper")
 def legacy_config(config: BenchmarkConfig, preset: str | None, config_file: str | None,
                   weights_source: str | None) -> BenchmarkConfig:
@@ -250,7 +293,7 @@ def covid_benchmark(
                     ", ".join(names))
 
     data = settings.as_dict()
-    staged = ingest_sources([str(s) for s in specs], out, data)
+    staged = ingest(specs, out, cfg, cluster, workers, spec)
     staged = balance_and_folds(staged, out, data)
     shards = write_shards(staged, out, data)
     dataset = shards["dataset"]
@@ -276,9 +319,18 @@ def covid_benchmark(
     runner = (ThreadPoolTaskRunner(max_workers=1) if spec.threads
               else DaskTaskRunner(**spec.runner_kwargs()))
     n_images = sum(dataset["counts"].values())
-    trained = train_models.with_options(task_runner=runner)(
-        dataset["uri"], cfg.as_dict(), out, n_images, n_workers, n_gpus > 0,
-        ext["dataset"]["uri"] if ext else None)
+    # a cluster this flow would start (not one at an address, whose workers' precision
+    # only they know) is not started when every fold result is stored already
+    stored = None if spec.address or ext else stored_results_task(
+        dataset["uri"], cfg.as_dict(), out, precision_for(n_gpus), training_jobs(cfg))
+    if stored is not None:
+        logger.info("all %d fold results are stored for this dataset version and config; "
+                    "no training, no cluster started", len(stored))
+        trained = reused_only(stored)
+    else:
+        trained = train_models.with_options(task_runner=runner)(
+            dataset["uri"], cfg.as_dict(), out, n_images, n_workers, n_gpus > 0,
+            ext["dataset"]["uri"] if ext else None)
 
     # the acquisition-only baseline on the same folds, ranked with the models; its failure
     # leaves a row saying why, like a model's

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
+
+import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from covid_pipeline import layout, leaderboard
+from covid_pipeline import layout, leaderboard, storage
 
 
 @task(name="aggregate", cache_policy=NO_CACHE)
@@ -18,15 +21,24 @@ def aggregate(records: list[dict], failures: dict[str, str], models: list[str],
     ``control``, ``external``: the border-only control's and the external test's
     {"records", "failures"}."""
     ctx = leaderboard.LeaderboardContext(**context)
-    manifest = layout.dataset_manifest(ctx.dataset_uri) if ctx.dataset_uri else None
-    predictions = leaderboard.pooled_predictions(records, manifest)
-    table = leaderboard.build(records, failures, models, ctx, predictions, control, external)
-    uris = leaderboard.write(table, ctx, folders)
+    digest = leaderboard.inputs_digest(records, failures, models, ctx, control, external)
+    uris = leaderboard.stored(folders, digest)
+    if uris is not None:  # the same results as the stored board's: publish it again
+        table = pd.read_csv(io.BytesIO(storage.read_bytes(uris["csv"])))
+        markdown = storage.read_text(uris["md"])
+    else:
+        manifest = layout.dataset_manifest(ctx.dataset_uri) if ctx.dataset_uri else None
+        predictions = leaderboard.pooled_predictions(records, manifest)
+        table = leaderboard.build(records, failures, models, ctx, predictions, control,
+                                  external)
+        uris = leaderboard.write(table, ctx, folders)
+        leaderboard.write_key(folders, digest)
+        markdown = leaderboard.to_markdown(table, ctx)
     rows = table.astype(object).where(table.notna(), None).to_dict("records")
     create_table_artifact(table=rows, key="leaderboard",
                           description=f"Leaderboard, dataset {ctx.dataset_version}, "
                                       f"folds by {ctx.group_by}")
-    create_markdown_artifact(markdown=leaderboard.to_markdown(table, ctx),
+    create_markdown_artifact(markdown=markdown,
                              key="leaderboard-summary",
                              description="Leaderboard (mean ± std over folds, 95 % "
                                          "intervals, comparisons with the best model)")

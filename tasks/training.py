@@ -7,7 +7,7 @@ from prefect.cache_policies import NO_CACHE
 
 from covid_pipeline.baseline import train_baseline
 from covid_pipeline.config import BenchmarkConfig
-from covid_pipeline.training import train_fold
+from covid_pipeline.training import stored_results, train_fold
 from tasks.retries import RETRY
 
 
@@ -34,3 +34,12 @@ def train_fold_task(dataset_uri: str, model: str, fold: int, config: dict, out: 
 def train_baseline_task(dataset_uri: str, config: dict, out: str) -> list[dict]:
     """The acquisition-only baseline on every fold (a logistic regression: seconds)."""
     return train_baseline(dataset_uri, BenchmarkConfig.from_dict(config), out)
+
+
+@task(name="stored-results", cache_policy=NO_CACHE)
+def stored_results_task(dataset_uri: str, config: dict, out: str, precision: str,
+                        jobs: list[tuple[str, int, int, bool]]) -> list[dict] | None:
+    """Every job's reusable stored result, or None when one must be trained (in the flow's
+    process: it reads only result files)."""
+    return stored_results(dataset_uri, BenchmarkConfig.from_dict(config), out, precision,
+                          [tuple(j) for j in jobs])  # type: ignore[misc]

@@ -85,9 +85,28 @@ def test_two_models_two_folds_leaderboard_and_artifact(prefect_api, synth_root, 
     assert "ResNet50" in str(table) and "VGG16" in str(table)
     assert read_artifact("training-progress")[-1].data == 100.0
 
-    again = run(sources, tmp_path, folds=2, epochs=2)
-    assert again["reused"] == 4
-    assert cnn_rows(pd.read_csv(tmp_path / "leaderboard.csv")).equals(board)
+    # an unchanged re-run: every fold result stored, so no cluster starts and the stored
+    # board (made from the same inputs) is published again, not rebuilt
+    from covid_pipeline import leaderboard
+    from covid_pipeline.training import stored_results, training_jobs
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("the board was rebuilt from unchanged inputs")
+
+    csv = (tmp_path / "leaderboard.csv").read_bytes()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(leaderboard, "build", no_rebuild)
+        again = run(sources, tmp_path, folds=2, epochs=2)
+    assert again["reused"] == 4 and again["extraction"] == []
+    names = {t.name.rsplit("-", 1)[0] for t in task_runs_of(again["flow_run_id"])}
+    assert "stored-results" in names and "train-models" not in names, names
+    assert (tmp_path / "leaderboard.csv").read_bytes() == csv
+    assert len(read_artifact("leaderboard")) == len(artifacts) + 1
+    cfg = resolve_config("smoke", weights="none", folds=2, epochs=2)
+    dataset = f"{tmp_path}/datasets/{result['dataset_version']}"
+    jobs = training_jobs(cfg)
+    assert len(stored_results(dataset, cfg, str(tmp_path), "float32", jobs)) == len(jobs)
+    assert stored_results(dataset, cfg, str(tmp_path), "mixed_float16", jobs) is None
 
 
 def task_runs_of(flow_run_id: str) -> list:

@@ -140,3 +140,35 @@ def test_delong_joins_images_by_id_and_untested_models_are_not_called_tied():
                                            bootstrap_resamples=0), preds).set_index("model")
     assert pd.isna(table.loc["D", "tied_with_best"])
     assert np.isnan(table.loc["D", "auc_delong_p"])
+
+
+def test_a_board_is_reused_only_for_the_same_inputs(tmp_path):
+    """The digest ignores what differs between runs of the same results (``reused``,
+    ``timing``) and nothing else; a stored board is copied into the other folders."""
+    records = [record("VGG16", k, [0.9, 0.8, 0.2, 0.6]) for k in (0, 1)]
+    models = ["VGG16"]
+    digest = lb.inputs_digest(records, {}, models, CTX)
+    rerun = [{**r, "reused": True, "timing": {"train_seconds": 9.0}} for r in records]
+    assert lb.inputs_digest(rerun, {}, models, CTX) == digest
+    changed = [records[0], record("VGG16", 1, [0.9, 0.8, 0.2, 0.1])]
+    assert lb.inputs_digest(changed, {}, models, CTX) != digest
+    assert lb.inputs_digest(records, {"VGG16": "fold 0: boom"}, models, CTX) != digest
+    assert lb.inputs_digest(records, {}, models, CTX, control={
+        "records": records, "failures": {}}) != digest
+
+    first, other = str(tmp_path / "results"), str(tmp_path / "out")
+    assert lb.stored([first, other], digest) is None  # nothing stored yet
+    lb.write(lb.build(records, {}, models, CTX), CTX, [first])
+    lb.write_key([first], digest)
+    assert lb.stored([first, other], "another digest") is None
+    uris = lb.stored([first, other], digest)
+    assert uris == {ext: f"{first}/leaderboard.{ext}" for ext in ("csv", "md", "png")}
+    for ext in ("csv", "md", "png"):
+        assert (tmp_path / "out" / f"leaderboard.{ext}").read_bytes() == (
+            tmp_path / "results" / f"leaderboard.{ext}").read_bytes()
+
+
+def test_the_board_digest_does_not_depend_on_the_order_records_finished_in():
+    records = [record(m, k, [0.9, 0.8, 0.2, 0.6]) for m in ("VGG16", "ResNet50") for k in (0, 1)]
+    assert lb.inputs_digest(records, {}, ["VGG16", "ResNet50"], CTX) == lb.inputs_digest(
+        records[::-1], {}, ["VGG16", "ResNet50"], CTX)
