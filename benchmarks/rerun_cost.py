@@ -7,21 +7,25 @@ PNG/JPEG images and 1,000 normal DICOMs) at ``--size`` px (default 1,024):
    on a thread pool as wide as the ingest's (images/s);
 2. a cold ingest of the same files (``covid_pipeline.ingest.ingest``: read, hash, decode,
    normalise, write the PNG, perceptual hash) and its throughput against (1);
-3. the whole benchmark flow (smoke models, ``--weights none``, a local Dask cluster) for a
-   cold run, an unchanged re-run and a re-run after adding 10 normal DICOMs, each as a
-   share of the cold run's wall time (one temporary Prefect API for the three, started
-   before the clock);
+3. the whole benchmark flow (smoke models, ``--weights none``, 2 Dask worker processes)
+   for a cold run, an unchanged re-run and a re-run after adding 10 normal DICOMs, each as
+   a share of the cold run's wall time (one temporary Prefect API for the three, started
+   before the clock; ``--cluster standing``, the default: one cluster for the three, also
+   started before the clock, as a deployment's standing cluster; ``--cluster local``: each
+   run starts and stops its own, paying ~10 s for it);
 4. the peak RSS of the data path plus one model's feature extraction and one fold's head
    (a child process each, on its own synthetic set at ``--rss-size`` px, default 512, and
    normalised to that size: holding every normalised image at once would add N x 256 KiB)
    for N and 2N images.
 
-    python benchmarks/rerun_cost.py [--images 1500] [--size 1024] [--json PATH]
+    python benchmarks/rerun_cost.py [--images 1500] [--size 1024] [--cluster standing|local]
+                                    [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -29,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -76,20 +81,36 @@ def cold_ingest(sources: list[str], out: Path, size: int) -> tuple[float, int]:
     return read / seconds, read
 
 
-def flow_runs(sources: list[str], rsna: Path, out: Path, size: int) -> dict[str, float]:
+@contextlib.contextmanager
+def dask_cluster(kind: str) -> Iterator[str]:
+    """``local``: each flow run starts (and stops) its own LocalCluster of 2 workers.
+    ``standing``: one LocalCluster of 2 worker processes started before the clock, whose
+    address every run gets, as a deployment's standing cluster."""
+    if kind == "local":
+        yield "local"
+        return
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
+        yield cluster.scheduler_address
+
+
+def flow_runs(sources: list[str], rsna: Path, out: Path, size: int,
+              cluster_kind: str) -> dict[str, float]:
     from covid_pipeline.config import resolve_config
     from flows.benchmark import covid_benchmark
     from flows.runtime import prefect_api
 
     cfg = resolve_config("smoke", weights="none")
     walls: dict[str, float] = {}
-    with prefect_api():
+    with prefect_api(), dask_cluster(cluster_kind) as cluster:
         for label in ("cold", "unchanged", "plus_10"):
             if label == "plus_10":
                 add_normals(str(rsna), 10, size=size, seed=7)
             t0 = time.perf_counter()
             result = covid_benchmark(sources=sources, out=str(out), config=cfg,
-                                     cluster="local", workers=2)
+                                     cluster=cluster, workers=2)
             walls[label] = time.perf_counter() - t0
             print(f"  flow {label}: {walls[label]:.1f} s, {result['reused']} fold results "
                   f"reused, extracted {[e['extracted_images'] for e in result['extraction']]}",
@@ -131,6 +152,9 @@ def main() -> None:
     p.add_argument("--images", type=int, default=1500)
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--json", default=None)
+    p.add_argument("--cluster", choices=("standing", "local"), default="standing",
+                   help="standing: one cluster for the three runs, started before the clock "
+                        "(a deployment's); local: each run starts its own")
     p.add_argument("--rss-size", type=int, default=512)
     p.add_argument("--skip-rss", action="store_true")
     p.add_argument("--rss-only", action="store_true", help="only the peak RSS at N and 2N")
@@ -159,11 +183,13 @@ def main() -> None:
         rate, read = cold_ingest(sources, Path(tmp) / "ingest-only", image_size)
         print(f"decode-only {limit:.1f} images/s; cold ingest {rate:.1f} images/s "
               f"({read} files): {rate / limit:.2f} x", flush=True)
-        walls = flow_runs(sources, Path(tmp) / "data" / "rsna", Path(tmp) / "out", args.size)
+        walls = flow_runs(sources, Path(tmp) / "data" / "rsna", Path(tmp) / "out", args.size,
+                          args.cluster)
     rss = {} if args.skip_rss else {"N": peak_rss(args.images, args.rss_size),
                                     "2N": peak_rss(2 * args.images, args.rss_size)}
     report = {
         "images": args.images, "size": args.size, "rss_size": args.rss_size,
+        "cluster": args.cluster,
         "cores": os.cpu_count(),
         "decode_only_images_per_s": limit, "cold_ingest_images_per_s": rate,
         "ingest_vs_decode_only": rate / limit,

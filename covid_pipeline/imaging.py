@@ -221,9 +221,11 @@ def phash(pixels: np.ndarray, side: int = 16) -> str:
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
+    """Lossless grey PNG, zlib level 1: a third of level 6's encoding time for ~15 % more
+    bytes (measured on synthetic radiographs at 128 px: 0.47 vs 1.58 ms)."""
     buf = io.BytesIO()
     img = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8))
-    img.save(buf, format="PNG", compress_level=6)
+    img.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 

@@ -132,3 +132,12 @@ def test_the_bootstraps_fast_metrics_equal_scikit_learns():
                 assert fast[name] is None, name
             else:
                 assert fast[name] == pytest.approx(reference[name], abs=1e-12), name
+
+
+def test_average_ranks_equal_scipys_rankdata_with_ties():
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    for values in (rng.random(500), np.round(rng.random(500), 1), np.zeros(7),
+                   np.array([0.5]), rng.integers(0, 3, 50).astype(float)):
+        np.testing.assert_array_equal(ev.average_ranks(values), stats.rankdata(values))
