@@ -11,13 +11,14 @@ model, so every bad value is one line. Nothing here imports TensorFlow or Prefec
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 
-from covid_pipeline import confounds, weights, zoo
+from covid_pipeline import confounds, export, predict, weights, zoo
 from covid_pipeline.config import (
     DATA_FIELDS,
     DataSettings,
@@ -155,6 +156,27 @@ def cmd_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    card = export.export(args.results, args.model, args.out)
+    cv = card["cv"]["metrics"]
+    print(f"{args.out}: {card['model']} on dataset {card['dataset_version']} (head trained "
+          f"on {card['training']['n_train_images']} images); CV AUC "
+          f"{cv['auc']['pooled'] or cv['auc']['mean']:.3f}, balanced accuracy "
+          f"{cv['balanced_accuracy']['pooled'] or cv['balanced_accuracy']['mean']:.3f}")
+    print(f"model card: {args.out[: -len('.keras')]}.card.md (research use only)")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    results, _ = predict.predict(args.model_file, args.inputs, args.gradcam)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in results], indent=2))
+    else:
+        for r in results:
+            print(r.line())
+    return 1 if any(r.error for r in results) else 0
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     """The parser with the library's commands; the orchestration adds its own to ``sub``."""
     parser = argparse.ArgumentParser(
@@ -189,6 +211,22 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     p.add_argument("--models", default=None, help="comma-separated model names")
     p.add_argument("--dir", default=None, help="weights folder (default: the Keras cache)")
     p.set_defaults(func=cmd_weights)
+
+    p = sub.add_parser("export", help="train a model's head on every image and save one "
+                                      "Keras file + model card")
+    p.add_argument("--results", required=True,
+                   help="a results folder: <out>/results/<dataset version>/<config hash>")
+    p.add_argument("--model", required=True, help="a model of that leaderboard")
+    p.add_argument("--out", required=True, help="the .keras file to write (or s3:// URI)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help="P(COVID-19) of image files with an exported model")
+    p.add_argument("model_file", help="a .keras file `export` wrote")
+    p.add_argument("inputs", nargs="+", help="image files (PNG, JPEG, DICOM) or folders")
+    p.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    p.add_argument("--gradcam", default=None, metavar="DIR",
+                   help="write each file's Grad-CAM overlay (<name>.gradcam.png) here")
+    p.set_defaults(func=cmd_predict)
     return parser, sub
 
 

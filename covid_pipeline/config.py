@@ -184,6 +184,14 @@ class BenchmarkConfig(_Frozen):
     control_views: Int = setting(4, ge=1, hashed=False,
                                  help="border-only control: rotated views per image (its "
                                       "backbone cost is images x (views + 1) passes)")
+    gradcam_images: Int = setting(
+        8, ge=0, le=64, hashed=False,
+        help="out-of-fold test images per model in its Grad-CAM panel, both classes, right "
+             "and wrong predictions (0: no panel)")
+    tensorboard: str | None = setting(
+        None, hashed=False, flag="--tensorboard",
+        help="a folder for Keras TensorBoard logs of every head's training, one run folder "
+             "per (model, repeat, fold)")
     name: str = setting("custom", hashed=False, help="label of the run")
     data: DataSettings = setting(default_factory=DataSettings,
                                  help="data-path settings (the dataset version's)")

@@ -117,7 +117,8 @@ def train_external(cv_dataset_uri: str, external_uri: str, model: str, cfg: Benc
     x_test = np.stack([test_feats[s][0] for s in test_shas]).astype(np.float32)
     columns = np.array([epoch_view(cfg, e) for e in range(cfg.epochs)], np.int64)
     labels = train["label"].to_numpy(np.int64)
-    prob, train_s, predict_s = train_head(cfg, cfg.folds, x_train, labels, columns, x_test)
+    fit = train_head(cfg, cfg.folds, x_train, labels, columns, x_test)
+    prob, train_s, predict_s = fit.prob, fit.train_seconds, fit.predict_seconds
     y = test["label"].to_numpy(np.int64)
     pred_uri = layout.external_predictions(results, model, ext.version)
     storage.write_bytes(pred_uri, parquet_bytes(pd.DataFrame({

@@ -9,6 +9,9 @@ Keras and TensorFlow are imported inside the functions (they cost seconds to imp
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -76,7 +79,8 @@ def compile_model(model, cfg: BenchmarkConfig, steps_per_execution: int = 1) -> 
     optimizer = getattr(keras.optimizers, OPTIMIZERS[cfg.optimizer])(
         learning_rate=cfg.learning_rate)
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
-                  jit_compile=False, steps_per_execution=steps_per_execution)
+                  metrics=["accuracy"], jit_compile=False,
+                  steps_per_execution=steps_per_execution)
 
 
 def epoch_order(cfg: BenchmarkConfig, fold: int, epoch: int, n: int, repeat: int = 0
@@ -129,47 +133,73 @@ def scheduled_batches(bounds: list[int], batch):
             .prefetch(tf.data.AUTOTUNE))
 
 
-def fit_schedule(net, batches, n_batches: int,
-                 weights: dict[int, float] | None) -> None:
-    """One ``fit`` over the scheduled batches: the same updates, in the same order, as
-    ``train_on_batch`` per batch, without its per-call overhead."""
-    if n_batches:
-        net.fit(batches, epochs=1, steps_per_epoch=n_batches, class_weight=weights,
-                verbose=0, shuffle=False)
-
-def head_batches(cfg: BenchmarkConfig, fold: int, x: np.ndarray, labels: np.ndarray,
-                 columns: np.ndarray, repeat: int = 0):
-    """tf.data of the training batches of every epoch, in order, and their count.
-
-    Epoch e trains on features ``x[:, columns[e]]`` (``x`` is [N, C, D]) in its seeded
-    batch order (:func:`batch_schedule`).
-    """
+def epoch_batches(cfg: BenchmarkConfig, fold: int, x: np.ndarray, labels: np.ndarray,
+                  columns: np.ndarray, repeat: int = 0):
+    """A function of the epoch e giving (tf.data of epoch e's training batches, their
+    count): features ``x[:, columns[e]]`` (``x`` is [N, C, D]) in the epoch's seeded
+    batch order (:func:`batch_schedule`)."""
     import tensorflow as tf
 
     rows, epochs, bounds = batch_schedule(cfg, fold, len(labels), repeat)
     feats = tf.constant(x)
     ys = tf.constant(labels)
     index = tf.constant(np.stack([rows, columns[epochs] if len(epochs) else epochs], axis=1))
+    per_epoch = (len(bounds) - 1) // max(cfg.epochs, 1)  # every epoch has as many batches
 
     def batch(start, end):
         return tf.gather_nd(feats, index[start:end]), tf.gather(ys, index[start:end, 0])
 
-    return scheduled_batches(bounds, batch), len(bounds) - 1
+    def of_epoch(e: int):
+        part = bounds[e * per_epoch : (e + 1) * per_epoch + 1]
+        return scheduled_batches(part, batch), len(part) - 1
+
+    return of_epoch
+
+
+@dataclass
+class HeadFit:
+    """A trained head's test probabilities, timing, and curves: per epoch, ``loss`` and
+    ``accuracy`` over its training batches and, when test labels are given, ``val_loss``
+    and ``val_accuracy`` on the held-out rows after it."""
+
+    prob: np.ndarray
+    train_seconds: float
+    predict_seconds: float
+    curves: dict[str, list[float]] = field(default_factory=dict)
+    weights: list[np.ndarray] = field(default_factory=list)  # the trained head's
 
 
 def train_head(cfg: BenchmarkConfig, fold: int, x_train: np.ndarray, labels: np.ndarray,
-               columns: np.ndarray, x_test: np.ndarray, repeat: int = 0
-               ) -> tuple[np.ndarray, float, float]:
+               columns: np.ndarray, x_test: np.ndarray, repeat: int = 0,
+               test_labels: np.ndarray | None = None, callbacks: Sequence[Any] = ()
+               ) -> HeadFit:
     """Train the study's head on features (epoch e on ``x_train[:, columns[e]]``); return
-    the test images' COVID-19 probabilities and the train / predict seconds."""
+    the test images' COVID-19 probabilities, the train / predict seconds and the curves.
+
+    One ``fit`` call per epoch (the same updates in the same order as one call over every
+    batch: optimizer and Dropout states carry over), so Keras reports each epoch and
+    evaluates the held-out rows after it; ``callbacks`` (e.g. TensorBoard) see each epoch.
+    """
     import keras
 
     keras.utils.set_random_seed(cfg.seed)
     net = fresh_head_model(cfg, x_train.shape[-1])
     t0 = time.perf_counter()
-    batches, n_batches = head_batches(cfg, fold, x_train, labels, columns, repeat)
-    fit_schedule(net, batches, n_batches, class_weights(cfg, labels))
+    of_epoch = epoch_batches(cfg, fold, x_train, labels, columns, repeat)
+    weights = class_weights(cfg, labels)
+    validation = ((x_test, test_labels) if test_labels is not None and len(x_test)
+                  else None)
+    curves: dict[str, list[float]] = {}
+    for epoch in range(cfg.epochs if len(labels) else 0):
+        batches, n_batches = of_epoch(epoch)
+        history = net.fit(batches, initial_epoch=epoch, epochs=epoch + 1,
+                          steps_per_epoch=n_batches, class_weight=weights,
+                          validation_data=validation, callbacks=list(callbacks), verbose=0,
+                          shuffle=False)
+        for name, values in history.history.items():
+            curves.setdefault(name, []).append(float(values[-1]))
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     prob = np.asarray(net.predict_on_batch(x_test))[:, 1] if len(x_test) else np.zeros(0)
-    return prob, train_s, time.perf_counter() - t0
+    return HeadFit(prob, train_s, time.perf_counter() - t0, curves,
+                   [w.copy() for w in net.get_weights()])

@@ -127,6 +127,28 @@ def fold_predictions(results_uri: str, model: str, fold: int, repeat: int = 0,
                 f"fold-{fold}.predictions.parquet")
 
 
+def fold_head(results_uri: str, model: str, fold: int, repeat: int = 0) -> str:
+    """The trained head of a fold (NumPy .npz of its weights, in Keras' order)."""
+    return join(_repeat_dir(results_uri, model, repeat), f"fold-{fold}.head.npz")
+
+
+def model_gradcam(results_uri: str, model: str, ext: str) -> str:
+    """``gradcam.png`` (the panel) and ``gradcam.json`` (what it shows) of a model."""
+    return join(results_uri, model, f"gradcam.{ext}")
+
+
+def tensorboard_run(base: str, model: str, fold: int, repeat: int = 0,
+                    control: bool = False) -> str:
+    """A head's TensorBoard run folder under ``--tensorboard``."""
+    return join(base, model, *(["control"] if control else []),
+                *([f"repeat-{repeat}"] if repeat else []), f"fold-{fold}")
+
+
+def model_curves(results_uri: str, model: str) -> str:
+    """The training curves of a model's heads (every fold of repeat 0 overlaid)."""
+    return join(results_uri, model, "curves.png")
+
+
 def external_result(results_uri: str, model: str, external_version: str) -> str:
     return join(results_uri, model, f"external-{external_version}.json")
 

@@ -74,8 +74,8 @@ def pooled_predictions(records: list[dict[str, Any]], manifest_uri: str | None
 
 def build(records: list[dict[str, Any]], failures: dict[str, str], models: list[str],
           ctx: LeaderboardContext, predictions: pd.DataFrame | None = None,
-          control: dict[str, Any] | None = None, external: dict[str, Any] | None = None
-          ) -> pd.DataFrame:
+          control: dict[str, Any] | None = None, external: dict[str, Any] | None = None,
+          gradcam: dict[str, float | None] | None = None) -> pd.DataFrame:
     """One row per model; models with failed folds keep a row whose ``status`` says why.
 
     With ``predictions`` (:func:`pooled_predictions`), each ranked row also gets 95 %
@@ -83,7 +83,9 @@ def build(records: list[dict[str, Any]], failures: dict[str, str], models: list[
     With ``control`` ({"records": [...], "failures": {...}} of the border-only control),
     the control's columns (:data:`control.COLUMNS`, ``control_status``). With
     ``external`` (the same for the external test set), ``external_<metric>`` with
-    intervals, ``external_n``, ``external_status`` and ``external_note``.
+    intervals, ``external_n``, ``external_status`` and ``external_note``. With ``gradcam``
+    (model → share of its Grad-CAM heat outside the control's central box, on its panel's
+    out-of-fold images), ``gradcam_outside_share``: a shortcut indicator.
     """
     by_model: dict[str, list[dict]] = {m: [] for m in models}
     for rec in records:
@@ -123,6 +125,8 @@ def build(records: list[dict[str, Any]], failures: dict[str, str], models: list[
     out = add_control(out, control, ctx, by_model)
     if external is not None:
         out = add_external(out, external, ctx)
+    out["gradcam_outside_share"] = [(gradcam or {}).get(m) for m in out["model"]]
+    out["gradcam_outside_share"] = out["gradcam_outside_share"].astype(float)
     out["dataset_version"] = ctx.dataset_version
     out["group_by"] = ctx.group_by
     out["config_hash"] = ctx.config_hash
@@ -354,6 +358,20 @@ def control_note(df: pd.DataFrame, ctx: LeaderboardContext) -> str | None:
             "need not come from the lungs.")
 
 
+def gradcam_note(df: pd.DataFrame, ctx: LeaderboardContext) -> str | None:
+    """Where the models look: the share of each one's Grad-CAM heat outside the central
+    box, on its panel of out-of-fold images (``<model>/gradcam.png``)."""
+    if "gradcam_outside_share" not in df or df["gradcam_outside_share"].isna().all():
+        return None
+    box = f"{ctx.control_box:.0%}" if ctx.control_box else "60%"
+    shares = ", ".join(f"{m} {s:.0%}" for m, s in zip(df["model"], df["gradcam_outside_share"],
+                                                      strict=True) if not pd.isna(s))
+    return (f"**Grad-CAM** (share of the COVID-19 score's heat outside the central {box} of "
+            f"each side, on out-of-fold images; panels in `<model>/gradcam.png`): {shares}. "
+            "A large share says a model looks at the borders (labels, markers, collimation), "
+            "not the lungs.")
+
+
 def to_markdown(df: pd.DataFrame, ctx: LeaderboardContext) -> str:
     counts = ", ".join(f"{k} {v}" for k, v in sorted(ctx.class_counts.items()))
     lines = [
@@ -382,6 +400,9 @@ def to_markdown(df: pd.DataFrame, ctx: LeaderboardContext) -> str:
     control = control_note(df, ctx)
     if control:
         lines += [control, ""]
+    heat = gradcam_note(df, ctx)
+    if heat:
+        lines += [heat, ""]
     lines += [
         "| rank | model | input | balanced acc. | AUC | sensitivity | specificity | F1 "
         "| p (BA / AUC / DeLong) | tier | border AUC (drop) | precision | weights | status |",
@@ -532,7 +553,7 @@ BOARD_FORMAT = 1  # bump when the board made from the same inputs changes
 
 def inputs_digest(records: list[dict[str, Any]], failures: dict[str, str], models: list[str],
                   ctx: LeaderboardContext, control: dict | None = None,
-                  external: dict | None = None) -> str:
+                  external: dict | None = None, gradcam: dict | None = None) -> str:
     """What a board is made from: the fold records in any order (less ``reused`` and
     ``timing``, which differ between runs of the same results), failures, models, context,
     control and external results."""
@@ -543,7 +564,8 @@ def inputs_digest(records: list[dict[str, Any]], failures: dict[str, str], model
     payload = {"format": BOARD_FORMAT, "records": strip(records), "failures": failures,
                "models": models, "context": ctx.__dict__,
                "control": control and {**control, "records": strip(control["records"])},
-               "external": external and {**external, "records": strip(external["records"])}}
+               "external": external and {**external, "records": strip(external["records"])},
+               "gradcam": gradcam}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -11,6 +11,7 @@ Keras is imported inside the function that needs it (seconds to import).
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import time
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from covid_pipeline.features import (
     run_backbone,
 )
 from covid_pipeline.folds import repeat_folds
-from covid_pipeline.head import train_head
+from covid_pipeline.head import HeadFit, train_head
 from covid_pipeline.metrics import fold_metrics
 from covid_pipeline.shards import (
     DatasetInfo,
@@ -86,7 +87,8 @@ def cached_features(root: str, shas: list[str], views: int, model: str
 
 
 def train_cached(info: DatasetInfo, model: str, fold: int, cfg: BenchmarkConfig,
-                 source: FeatureSource, repeat: int = 0, views: int | None = None):
+                 source: FeatureSource, repeat: int = 0, views: int | None = None,
+                 control: bool = False):
     """Train the head on the features under ``source`` (the extraction's, which may have run
     on another kind of worker): epoch e on view ``epoch_view(e)`` of ``views`` (default
     :func:`needed_views`), test on view 0.
@@ -109,10 +111,22 @@ def train_cached(info: DatasetInfo, model: str, fold: int, cfg: BenchmarkConfig,
     train, x_train = split(folds != fold)
     test, x_test = split(folds == fold)
     columns = np.array([epoch_view(cfg, e, views) for e in range(cfg.epochs)], np.int64)
-    prob, train_s, predict_s = train_head(cfg, fold, x_train, train.labels, columns,
-                                          x_test[:, 0], repeat)
-    return test, prob, {"train_seconds": train_s, "predict_seconds": predict_s,
-                        "backbone_passes": 0}
+    fit = train_head(cfg, fold, x_train, train.labels, columns, x_test[:, 0], repeat,
+                     test.labels, tensorboard(cfg, model, fold, repeat, control))
+    return test, fit, {"train_seconds": fit.train_seconds,
+                       "predict_seconds": fit.predict_seconds, "backbone_passes": 0}
+
+
+def tensorboard(cfg: BenchmarkConfig, model: str, fold: int, repeat: int = 0,
+                control: bool = False) -> list[Any]:
+    """A Keras TensorBoard callback logging to ``<cfg.tensorboard>/<model>[/control]
+    [/repeat-r]/fold-k``, or none."""
+    if not cfg.tensorboard:
+        return []
+    import keras
+
+    return [keras.callbacks.TensorBoard(
+        log_dir=layout.tensorboard_run(cfg.tensorboard, model, fold, repeat, control))]
 
 
 def train_online(info: DatasetInfo, model: str, fold: int, cfg: BenchmarkConfig):
@@ -148,16 +162,18 @@ def train_online(info: DatasetInfo, model: str, fold: int, cfg: BenchmarkConfig)
         keras.backend.clear_session()  # the backbone; the cached head stays usable
     x_train = x_train.reshape(epochs, n, -1).transpose(1, 0, 2)
     backbone_s = time.perf_counter() - t0
-    prob, train_s, predict_s = train_head(cfg, fold, x_train, train.labels,
-                                          np.arange(epochs), x_test)
-    return test, prob, {"train_seconds": backbone_s + train_s, "predict_seconds": predict_s,
-                        "backbone_passes": n * epochs + len(test)}
+    fit = train_head(cfg, fold, x_train, train.labels, np.arange(epochs), x_test,
+                     test_labels=test.labels, callbacks=tensorboard(cfg, model, fold))
+    return test, fit, {"train_seconds": backbone_s + fit.train_seconds,
+                       "predict_seconds": fit.predict_seconds,
+                       "backbone_passes": n * epochs + len(test)}
 
 
 # How each mode trains one fold: (info, model, fold, cfg, source, repeat) -> (test split,
-# COVID-19 probabilities, timing). ``source`` is the feature root (cached) or None (online,
-# which runs repeat 0 only: the config refuses online with repeats > 1).
-TRAINERS: dict[str, Callable[..., tuple[Split, np.ndarray, dict[str, Any]]]] = {
+# the head's fit: probabilities and curves, timing). ``source`` is the feature root
+# (cached) or None (online, which runs repeat 0 only: the config refuses online with
+# repeats > 1).
+TRAINERS: dict[str, Callable[..., tuple[Split, HeadFit, dict[str, Any]]]] = {
     "cached": lambda info, model, fold, cfg, source, repeat: train_cached(
         info, model, fold, cfg, source, repeat),
     "online": lambda info, model, fold, cfg, source, repeat: train_online(
@@ -249,12 +265,18 @@ def train_fold(dataset_uri: str, model_name: str, fold: int, cfg: BenchmarkConfi
     configure_tensorflow()
     started = time.time()
     if control:
-        test, prob, timing = train_cached(info, model_name, fold, cfg, source, repeat,
-                                          cfg.effective_control_views)
+        test, fit, timing = train_cached(info, model_name, fold, cfg, source, repeat,
+                                         cfg.effective_control_views, control=True)
     else:
-        test, prob, timing = TRAINERS[cfg.mode](info, model_name, fold, cfg, source, repeat)
+        test, fit, timing = TRAINERS[cfg.mode](info, model_name, fold, cfg, source, repeat)
+    prob = fit.prob
     pred_uri = layout.fold_predictions(results_root(out, info.version, cfg), model_name, fold,
                                        repeat, control)
+    if not control:  # Grad-CAM of its test images needs this fold's own head
+        buf = io.BytesIO()
+        np.savez(buf, *fit.weights)
+        storage.write_bytes(layout.fold_head(results_root(out, info.version, cfg), model_name,
+                                             fold, repeat), buf.getvalue())
     storage.write_bytes(pred_uri, parquet_bytes(pd.DataFrame({
         "image_id": test.image_ids, "sha256": test.shas, "label": test.labels,
         "prob_covid": prob.astype(np.float64), "repeat": repeat, "fold": fold,
@@ -266,6 +288,7 @@ def train_fold(dataset_uri: str, model_name: str, fold: int, cfg: BenchmarkConfi
         "mode": "cached" if control else cfg.mode,
         "control": control,
         "metrics": fold_metrics(test.labels, prob),
+        "curves": fit.curves,
         "n_test": len(test),
         "test_image_ids_sha256": _ids_digest(test.image_ids),
         "predictions_uri": pred_uri,

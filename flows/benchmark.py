@@ -40,7 +40,7 @@ from tasks.data import (
     write_shards,
 )
 from tasks.external import external_dataset, train_external_task
-from tasks.features import extract_features_task
+from tasks.features import extract_features_task, gradcam_task
 from tasks.report import aggregate
 from tasks.training import stored_results_task, train_baseline_task, train_fold_task
 
@@ -63,9 +63,10 @@ def expected_cost(model: str, cfg: BenchmarkConfig, n_images: int,
     return gmacs * n_images * (cfg.epochs * (cfg.folds - 1) / cfg.folds + 1 / cfg.folds)
 
 
-def reused_only(records: list[dict]) -> dict:
+def reused_only(records: list[dict], gradcam: dict) -> dict:
     """``train_models``' result when every fold result is stored: no cluster is started."""
-    return {"records": [r for r in records if not r.get("control")], "failures": {},
+    return {"gradcam": {"panels": gradcam, "failures": {}},
+            "records": [r for r in records if not r.get("control")], "failures": {},
             "reused": sum(1 for r in records if not r.get("control")),
             "extraction": [],
             "control": {"records": [r for r in records if r.get("control")], "failures": {},
@@ -158,6 +159,7 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
             external_failures[model] = extract_error(extract.get((model, False))) or one_line(
                 exc)
             logger.error("model %s external test failed: %s", model, external_failures[model])
+    panels, panel_failures = gradcam_panels(cfg, dataset_uri, config, out, failures, gpu_work)
     wall = time.perf_counter() - t0
     extraction = {key: f.result() for key, f in extract.items() if f.state.is_completed()}
     reused = sum(1 for r in records if r.get("reused"))
@@ -172,7 +174,30 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
             "control": {"records": control_records, "failures": control_failures,
                         "extraction": [e for (_, c), e in extraction.items() if c]},
             "external": {"records": external_records, "failures": external_failures},
+            "gradcam": {"panels": panels, "failures": panel_failures},
             "wall_seconds": wall}
+
+
+def gradcam_panels(cfg: BenchmarkConfig, dataset_uri: str, config: dict, out: str,
+                   failures: dict[str, str], gpu_work) -> tuple[dict, dict]:
+    """Each trained model's Grad-CAM panel, on the cluster; a failed panel is logged and
+    the leaderboard goes on without its column's value."""
+    logger = get_run_logger()
+    if not cfg.gradcam_images:
+        return {}, {}
+    futures = {}
+    for model in cfg.models:
+        if model not in failures:
+            with gpu_work():
+                futures[model] = gradcam_task.submit(dataset_uri, model, config, out)
+    panels, panel_failures = {}, {}
+    for model, fut in futures.items():
+        try:
+            panels[model] = fut.result()
+        except Exception as exc:  # noqa: BLE001 - the board stands without it
+            panel_failures[model] = one_line(exc)
+            logger.error("model %s Grad-CAM panel failed: %s", model, panel_failures[model])
+    return panels, panel_failures
 
 
 def extract_error(fut: Any) -> str | None:
@@ -325,8 +350,8 @@ def covid_benchmark(
         dataset["uri"], cfg.as_dict(), out, precision_for(n_gpus), training_jobs(cfg))
     if stored is not None:
         logger.info("all %d fold results are stored for this dataset version and config; "
-                    "no training, no cluster started", len(stored))
-        trained = reused_only(stored)
+                    "no training, no cluster started", len(stored["records"]))
+        trained = reused_only(stored["records"], stored["gradcam"])
     else:
         trained = train_models.with_options(task_runner=runner)(
             dataset["uri"], cfg.as_dict(), out, n_images, n_workers, n_gpus > 0,
@@ -358,7 +383,9 @@ def covid_benchmark(
     board = aggregate(trained["records"] + baseline, failures,
                       [*cfg.models, BASELINE], context.__dict__, folders,
                       control={k: trained["control"][k] for k in ("records", "failures")},
-                      external=trained["external"] if ext else None)
+                      external=trained["external"] if ext else None,
+                      gradcam={m: p["outside_share"]
+                               for m, p in trained["gradcam"]["panels"].items()})
     return {
         "flow_run_id": str(flow_run.id),
         "dataset_version": dataset["version"],

@@ -9,6 +9,7 @@ output.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Sequence
 
@@ -44,6 +45,9 @@ def resolve_run(args: argparse.Namespace, sources: list[str], preset: str) -> Be
     """Validate every parameter (cheaply, before Prefect starts); return the config."""
     cfg = resolve_config(preset=preset, config_file=args.config, **cli.config_overrides(args))
     weights.missing(cfg)  # a --weights path that does not exist is refused here, cheaply
+    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("--tensorboard: the tensorboard package is not installed; install "
+                          "it with `pip install 'covid-pipeline[tensorboard]'`")
     for s in [*sources, *args.external]:
         parse_source(s)
     check_cluster(args.cluster)
@@ -81,6 +85,8 @@ def print_result(result: dict) -> None:
         print(f"FAILED {model}: {why}")
     print(storage.read_text(result["leaderboard"]["md"]))
     print("leaderboard: " + ", ".join(result["leaderboard"].values()))
+    print(f"training curves and Grad-CAM panels: {result['results']}/<model>/curves.png, "
+          "gradcam.png")
 
 
 def failed(result: dict) -> bool:
@@ -100,7 +106,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.weights is None:
         args.weights = "none"
         print("weights: none (random backbones; pass --weights imagenet to use cached ones)")
-    cfg = resolve_run(args, [], args.preset or "smoke")
+    cfg = resolve_run(args, [], args.preset or "demo")
     data = make_synthetic(layout.synthetic_data(args.out), covid_patients=12,
                           normals=24, size=192, seed=0)
     print(f"synthetic data: {data.root} ({data.covid_images} COVID-19 images of "

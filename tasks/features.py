@@ -23,3 +23,12 @@ def extract_features_task(dataset_uri: str, model: str, config: dict, out: str,
     the images with the central box blacked out; ``views`` 0: a test-only data set)."""
     return extract_features(dataset_uri, model, BenchmarkConfig.from_dict(config), out,
                             control, views)
+
+
+@task(name="gradcam", task_run_name="gradcam-{model}", **RETRY, cache_policy=NO_CACHE)
+def gradcam_task(dataset_uri: str, model: str, config: dict, out: str) -> dict:
+    """The model's Grad-CAM panel of out-of-fold images under their folds' heads (reused
+    while the heads and settings are unchanged); its mean heat share outside the box."""
+    from covid_pipeline import gradcam  # Keras: seconds to import
+
+    return gradcam.model_panel(dataset_uri, model, BenchmarkConfig.from_dict(config), out)

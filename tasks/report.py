@@ -9,19 +9,21 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from covid_pipeline import layout, leaderboard, storage
+from covid_pipeline import curves, layout, leaderboard, storage
 
 
 @task(name="aggregate", cache_policy=NO_CACHE)
 def aggregate(records: list[dict], failures: dict[str, str], models: list[str],
               context: dict, folders: list[str], control: dict | None = None,
-              external: dict | None = None) -> dict:
+              external: dict | None = None, gradcam: dict | None = None) -> dict:
     """Write leaderboard.csv/.md/.png and publish the ``leaderboard`` artifacts.
 
     ``control``, ``external``: the border-only control's and the external test's
-    {"records", "failures"}."""
+    {"records", "failures"}; ``gradcam``: model → share of Grad-CAM heat outside the
+    control's central box."""
     ctx = leaderboard.LeaderboardContext(**context)
-    digest = leaderboard.inputs_digest(records, failures, models, ctx, control, external)
+    digest = leaderboard.inputs_digest(records, failures, models, ctx, control, external,
+                                       gradcam)
     uris = leaderboard.stored(folders, digest)
     if uris is not None:  # the same results as the stored board's: publish it again
         table = pd.read_csv(io.BytesIO(storage.read_bytes(uris["csv"])))
@@ -30,8 +32,9 @@ def aggregate(records: list[dict], failures: dict[str, str], models: list[str],
         manifest = layout.dataset_manifest(ctx.dataset_uri) if ctx.dataset_uri else None
         predictions = leaderboard.pooled_predictions(records, manifest)
         table = leaderboard.build(records, failures, models, ctx, predictions, control,
-                                  external)
+                                  external, gradcam)
         uris = leaderboard.write(table, ctx, folders)
+        curves.write_curves(records, folders[0])
         leaderboard.write_key(folders, digest)
         markdown = leaderboard.to_markdown(table, ctx)
     rows = table.astype(object).where(table.notna(), None).to_dict("records")

@@ -7,7 +7,9 @@ from prefect.cache_policies import NO_CACHE
 
 from covid_pipeline.baseline import train_baseline
 from covid_pipeline.config import BenchmarkConfig
-from covid_pipeline.training import stored_results, train_fold
+from covid_pipeline.gradcam import stored_panels
+from covid_pipeline.shards import load_dataset
+from covid_pipeline.training import results_root, stored_results, train_fold
 from tasks.retries import RETRY
 
 
@@ -38,8 +40,14 @@ def train_baseline_task(dataset_uri: str, config: dict, out: str) -> list[dict]:
 
 @task(name="stored-results", cache_policy=NO_CACHE)
 def stored_results_task(dataset_uri: str, config: dict, out: str, precision: str,
-                        jobs: list[tuple[str, int, int, bool]]) -> list[dict] | None:
-    """Every job's reusable stored result, or None when one must be trained (in the flow's
-    process: it reads only result files)."""
-    return stored_results(dataset_uri, BenchmarkConfig.from_dict(config), out, precision,
-                          [tuple(j) for j in jobs])  # type: ignore[misc]
+                        jobs: list[tuple[str, int, int, bool]]) -> dict | None:
+    """Every job's reusable stored result and every model's Grad-CAM panel, or None when
+    one must be made (in the flow's process: it reads only result files)."""
+    cfg = BenchmarkConfig.from_dict(config)
+    records = stored_results(dataset_uri, cfg, out, precision,
+                             [tuple(j) for j in jobs])  # type: ignore[misc]
+    if records is None:
+        return None
+    version = load_dataset(dataset_uri).version
+    panels = stored_panels(results_root(out, version, cfg), cfg, version)
+    return None if panels is None else {"records": records, "gradcam": panels}

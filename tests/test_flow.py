@@ -74,6 +74,21 @@ def test_two_models_two_folds_leaderboard_and_artifact(prefect_api, synth_root, 
             expected = np.mean([f[metric] for f in per_fold])
             assert row[f"{metric}_mean"] == pytest.approx(expected, abs=1e-12), metric
         assert row["feature_precision"] in PRECISIONS and row["weights_sha256"] == "random"
+        # training curves: per fold and epoch, on the training batches and held out
+        for fold in range(2):
+            curves = storage.read_json(f"{results}/{row['model']}/fold-{fold}.json")["curves"]
+            assert {k: len(v) for k, v in curves.items()} == {
+                "loss": 2, "accuracy": 2, "val_loss": 2, "val_accuracy": 2}
+        assert Path(f"{results}/{row['model']}/curves.png").read_bytes()[:4] == b"\x89PNG"
+        # Grad-CAM panel of out-of-fold images, and its heat share outside the box
+        assert Path(f"{results}/{row['model']}/gradcam.png").read_bytes()[:4] == b"\x89PNG"
+        panel = storage.read_json(f"{results}/{row['model']}/gradcam.json")
+        assert len(panel["images"]) == 8
+        if panel["outside_share"] is None:  # no positive evidence on any of its images
+            assert np.isnan(row["gradcam_outside_share"])
+        else:
+            assert row["gradcam_outside_share"] == pytest.approx(panel["outside_share"])
+    assert board["gradcam_outside_share"].between(0, 1).any()
     assert (board["dataset_version"] == result["dataset_version"]).all()
     assert (board["group_by"] == "patient").all()
     assert (tmp_path / "leaderboard.md").read_text().count("| ok |") == 3  # with the baseline

@@ -74,3 +74,72 @@ def test_batch_schedule_is_each_epochs_seeded_permutation_in_batches():
         expected = np.random.default_rng([cfg.seed, 1, e]).permutation(10)
         np.testing.assert_array_equal(block, expected)
     assert not np.array_equal(rows[:10], batch_schedule(cfg, 2, 10)[0][:10])  # per fold
+
+
+def features(n: int, views: int = 3, width: int = 12, seed: int = 0):
+    """Separable random features [n, views, width], labels, and held-out features."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    x = (rng.normal(size=(n, views, width)) + labels[:, None, None] * 0.8).astype("float32")
+    test_labels = np.arange(21) % 2
+    x_test = (rng.normal(size=(21, width)) + test_labels[:, None] * 0.8).astype("float32")
+    return x, labels.astype(np.int64), x_test, test_labels.astype(np.int64)
+
+
+def test_one_fit_per_epoch_makes_the_same_updates_as_one_fit_over_every_batch():
+    """The curves need a fit call per epoch; the head must not change for it."""
+    import tensorflow as tf
+
+    from covid_pipeline.head import batch_schedule, scheduled_batches, train_head
+
+    cfg = resolve_config("smoke", epochs=4, batch_size=8)
+    x, labels, x_test, test_labels = features(50)
+    columns = np.array([0, 1, 2, 1])
+    fit = train_head(cfg, 1, x, labels, columns, x_test, test_labels=test_labels)
+
+    import keras
+
+    keras.utils.set_random_seed(cfg.seed)
+    net = fresh_head_model(cfg, x.shape[-1])  # the old way: one fit over all batches
+    rows, epochs, bounds = batch_schedule(cfg, 1, len(labels))
+    index = tf.constant(np.stack([rows, columns[epochs]], axis=1))
+
+    def batch(start, end):
+        return (tf.gather_nd(tf.constant(x), index[start:end]),
+                tf.gather(tf.constant(labels), index[start:end, 0]))
+
+    net.fit(scheduled_batches(bounds, batch), epochs=1, steps_per_epoch=len(bounds) - 1,
+            verbose=0, shuffle=False)
+    np.testing.assert_array_equal(fit.prob, np.asarray(net.predict_on_batch(x_test))[:, 1])
+
+
+def test_curves_per_epoch_and_held_out_metrics_equal_scikit_learns():
+    from sklearn.metrics import accuracy_score, log_loss
+
+    from covid_pipeline.head import train_head
+
+    cfg = resolve_config("smoke", epochs=5, batch_size=8)
+    x, labels, x_test, test_labels = features(40)
+    fit = train_head(cfg, 0, x, labels, np.array([0, 1, 2, 0, 1]), x_test,
+                     test_labels=test_labels)
+    assert sorted(fit.curves) == ["accuracy", "loss", "val_accuracy", "val_loss"]
+    assert all(len(v) == 5 for v in fit.curves.values())
+    assert fit.curves["loss"][-1] < fit.curves["loss"][0]  # it learns
+    # after the last epoch, the held-out metrics are those of the returned probabilities
+    prob = np.stack([1 - fit.prob, fit.prob], axis=1)
+    assert fit.curves["val_loss"][-1] == pytest.approx(log_loss(test_labels, prob), abs=1e-5)
+    assert fit.curves["val_accuracy"][-1] == pytest.approx(
+        accuracy_score(test_labels, fit.prob > 0.5))
+
+
+def test_tensorboard_logs_each_epoch_of_a_head(tmp_path):
+    from covid_pipeline.head import train_head
+    from covid_pipeline.training import tensorboard
+
+    cfg = resolve_config("smoke", epochs=2, batch_size=8, tensorboard=str(tmp_path / "tb"))
+    x, labels, x_test, test_labels = features(24)
+    train_head(cfg, 0, x, labels, np.array([0, 1]), x_test, test_labels=test_labels,
+               callbacks=tensorboard(cfg, "VGG16", 2, repeat=1))
+    run = tmp_path / "tb" / "VGG16" / "repeat-1" / "fold-2"
+    assert list((run / "train").glob("events.out.tfevents.*"))
+    assert list((run / "validation").glob("events.out.tfevents.*"))
