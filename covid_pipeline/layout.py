@@ -161,6 +161,11 @@ def leaderboard(folder: str, ext: str) -> str:
     return join(folder, f"leaderboard.{ext}")
 
 
+def report(folder: str) -> str:
+    """``report.html``: the self-contained report of a results folder."""
+    return join(folder, "report.html")
+
+
 def leaderboard_key(folder: str) -> str:
     """The digest of the inputs the leaderboard files beside it were made from."""
     return join(folder, "leaderboard.key")

@@ -84,9 +84,11 @@ def print_result(result: dict) -> None:
     for model, why in result["failures"].items():
         print(f"FAILED {model}: {why}")
     print(storage.read_text(result["leaderboard"]["md"]))
-    print("leaderboard: " + ", ".join(result["leaderboard"].values()))
+    board = result["leaderboard"]
+    print("leaderboard: " + ", ".join(board[ext] for ext in ("csv", "md", "png")))
     print(f"training curves and Grad-CAM panels: {result['results']}/<model>/curves.png, "
           "gradcam.png")
+    print(f"report: {board['html']}")
 
 
 def failed(result: dict) -> bool:

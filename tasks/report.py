@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pandas as pd
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 
-from covid_pipeline import curves, layout, leaderboard, storage
+from covid_pipeline import curves, layout, leaderboard, report, storage
 
 
 @task(name="aggregate", cache_policy=NO_CACHE)
@@ -25,9 +30,11 @@ def aggregate(records: list[dict], failures: dict[str, str], models: list[str],
     digest = leaderboard.inputs_digest(records, failures, models, ctx, control, external,
                                        gradcam)
     uris = leaderboard.stored(folders, digest)
-    if uris is not None:  # the same results as the stored board's: publish it again
+    if uris is not None and storage.exists(layout.report(folders[0])):
+        # the same results as the stored board's: publish it again
         table = pd.read_csv(io.BytesIO(storage.read_bytes(uris["csv"])))
         markdown = storage.read_text(uris["md"])
+        uris = {**uris, "html": layout.report(folders[0])}
     else:
         manifest = layout.dataset_manifest(ctx.dataset_uri) if ctx.dataset_uri else None
         predictions = leaderboard.pooled_predictions(records, manifest)
@@ -35,6 +42,7 @@ def aggregate(records: list[dict], failures: dict[str, str], models: list[str],
                                   external, gradcam)
         uris = leaderboard.write(table, ctx, folders)
         curves.write_curves(records, folders[0])
+        uris["html"] = report.write(table, ctx, records, predictions, folders)
         leaderboard.write_key(folders, digest)
         markdown = leaderboard.to_markdown(table, ctx)
     rows = table.astype(object).where(table.notna(), None).to_dict("records")
@@ -45,4 +53,14 @@ def aggregate(records: list[dict], failures: dict[str, str], models: list[str],
                              key="leaderboard-summary",
                              description="Leaderboard (mean ± std over folds, 95 % "
                                          "intervals, comparisons with the best model)")
+    create_markdown_artifact(markdown=report.summary(table, ctx, uris["html"]),
+                             key="report-summary", description="The benchmark report's gist")
+    create_link_artifact(link=as_link(uris["html"]), link_text="report.html", key="report",
+                         description="The self-contained report (leaderboard, plots, "
+                                     "curves, Grad-CAM, confounds, settings)")
     return {"uris": uris, "rows": rows}
+
+
+def as_link(uri: str) -> str:
+    """A link a browser opens: object-store URIs as they are, local paths as file://."""
+    return uri if "://" in uri else Path(uri).resolve().as_uri()

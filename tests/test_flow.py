@@ -99,6 +99,11 @@ def test_two_models_two_folds_leaderboard_and_artifact(prefect_api, synth_root, 
     table = artifacts[-1].data
     assert "ResNet50" in str(table) and "VGG16" in str(table)
     assert read_artifact("training-progress")[-1].data == 100.0
+    report = Path(result["leaderboard"]["html"])
+    assert report.parent == Path(results) and "Grad-CAM on out-of-fold images" in (
+        report.read_text())
+    link = read_artifact("report")[-1]  # a link artifact to the report
+    assert link.type == "markdown" and report.resolve().as_uri() in link.data
 
     # an unchanged re-run: every fold result stored, so no cluster starts and the stored
     # board (made from the same inputs) is published again, not rebuilt
