@@ -18,6 +18,7 @@ from typing import Any
 import markdown
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from covid_pipeline import curves, layout, storage
 from covid_pipeline.leaderboard import LeaderboardContext, to_markdown, to_png
@@ -46,7 +47,6 @@ def roc_png(predictions: pd.DataFrame, models: list[str]) -> bytes | None:
     """ROC curves of ``models``' pooled out-of-fold predictions (repeat 0), AUC in the
     legend (scikit-learn's roc_curve and roc_auc_score)."""
     import matplotlib
-    from sklearn.metrics import roc_auc_score, roc_curve
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
