@@ -188,6 +188,10 @@ class BenchmarkConfig(_Frozen):
         8, ge=0, le=64, hashed=False,
         help="out-of-fold test images per model in its Grad-CAM panel, both classes, right "
              "and wrong predictions (0: no panel)")
+    mlflow: str | None = setting(
+        None, hashed=False, flag="--mlflow",
+        help="an MLflow tracking URI (default: MLFLOW_TRACKING_URI; none: no tracking): a "
+             "run per model, a nested run per fold")
     tensorboard: str | None = setting(
         None, hashed=False, flag="--tensorboard",
         help="a folder for Keras TensorBoard logs of every head's training, one run folder "

@@ -21,7 +21,7 @@ from prefect_dask import DaskTaskRunner
 
 from covid_pipeline import cluster as clusters
 from covid_pipeline import control as controls
-from covid_pipeline import weights, zoo
+from covid_pipeline import tracking, weights, zoo
 from covid_pipeline.baseline import NAME as BASELINE
 from covid_pipeline.config import BenchmarkConfig, load_preset, resolve_config, with_overrides
 from covid_pipeline.features import needed_views
@@ -41,7 +41,7 @@ from tasks.data import (
 )
 from tasks.external import external_dataset, train_external_task
 from tasks.features import extract_features_task, gradcam_task
-from tasks.report import aggregate
+from tasks.report import aggregate, log_mlflow
 from tasks.training import stored_results_task, train_baseline_task, train_fold_task
 
 MAX_ERROR = 300
@@ -386,6 +386,15 @@ def covid_benchmark(
                       external=trained["external"] if ext else None,
                       gradcam={m: p["outside_share"]
                                for m, p in trained["gradcam"]["panels"].items()})
+    uri = tracking.tracking_uri(cfg)
+    if uri:
+        try:
+            runs = log_mlflow(uri, cfg.as_dict(), board["rows"],
+                              trained["records"] + baseline + trained["control"]["records"],
+                              folders[0], dataset["version"], str(flow_run.id))
+            logger.info("MLflow %s: %d model runs logged", uri, len(runs))
+        except Exception as exc:  # noqa: BLE001 - the benchmark stands without tracking
+            logger.warning("MLflow tracking at %s failed: %s", uri, one_line(exc))
     return {
         "flow_run_id": str(flow_run.id),
         "dataset_version": dataset["version"],

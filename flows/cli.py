@@ -13,7 +13,7 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 
-from covid_pipeline import cli, layout, storage, weights
+from covid_pipeline import cli, layout, storage, tracking, weights
 from covid_pipeline.cluster import check as check_cluster
 from covid_pipeline.config import DATA_FIELDS, BenchmarkConfig, cli_fields, resolve_config
 from covid_pipeline.errors import ConfigError
@@ -45,6 +45,8 @@ def resolve_run(args: argparse.Namespace, sources: list[str], preset: str) -> Be
     """Validate every parameter (cheaply, before Prefect starts); return the config."""
     cfg = resolve_config(preset=preset, config_file=args.config, **cli.config_overrides(args))
     weights.missing(cfg)  # a --weights path that does not exist is refused here, cheaply
+    if tracking.tracking_uri(cfg):
+        tracking.check_installed()
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("--tensorboard: the tensorboard package is not installed; install "
                           "it with `pip install 'covid-pipeline[tensorboard]'`")

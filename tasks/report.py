@@ -14,7 +14,8 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
-from covid_pipeline import curves, layout, leaderboard, report, storage
+from covid_pipeline import curves, layout, leaderboard, report, storage, tracking
+from covid_pipeline.config import BenchmarkConfig
 
 
 @task(name="aggregate", cache_policy=NO_CACHE)
@@ -64,3 +65,12 @@ def aggregate(records: list[dict], failures: dict[str, str], models: list[str],
 def as_link(uri: str) -> str:
     """A link a browser opens: object-store URIs as they are, local paths as file://."""
     return uri if "://" in uri else Path(uri).resolve().as_uri()
+
+
+@task(name="mlflow", cache_policy=NO_CACHE)
+def log_mlflow(uri: str, config: dict, rows: list[dict], records: list[dict],
+               results_uri: str, dataset_version: str, flow_run_id: str) -> dict:
+    """Log the benchmark to MLflow (in the flow's process); return model → run id."""
+    return tracking.log_benchmark(uri, BenchmarkConfig.from_dict(config), pd.DataFrame(rows),
+                                  records, results_uri, dataset_version,
+                                  {"prefect_flow_run_id": flow_run_id})

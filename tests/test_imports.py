@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "covid_pipeline"
 ORCHESTRATION = ("prefect", "prefect_dask", "flows", "tasks", "deployments")
 # Imported inside functions on purpose: each costs seconds or needs a GPU stack.
 LAZY_ALLOWED = ("tensorflow", "keras", "matplotlib", "distributed", "dask_cuda", "pydicom",
-                "s3fs", "botocore")
+                "s3fs", "botocore", "mlflow")
 
 
 def module_name(path: Path) -> str:
