@@ -158,11 +158,14 @@ def cmd_weights(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     card = export.export(args.results, args.model, args.out)
-    cv = card["cv"]["metrics"]
+    def metric(name: str) -> str:
+        values = card["cv"]["metrics"][name]
+        value = values["pooled"] if values["pooled"] is not None else values["mean"]
+        return "–" if value is None else f"{value:.3f}"
+
     print(f"{args.out}: {card['model']} on dataset {card['dataset_version']} (head trained "
-          f"on {card['training']['n_train_images']} images); CV AUC "
-          f"{cv['auc']['pooled'] or cv['auc']['mean']:.3f}, balanced accuracy "
-          f"{cv['balanced_accuracy']['pooled'] or cv['balanced_accuracy']['mean']:.3f}")
+          f"on {card['training']['n_train_images']} images); CV AUC {metric('auc')}, "
+          f"balanced accuracy {metric('balanced_accuracy')}")
     print(f"model card: {args.out[: -len('.keras')]}.card.md (research use only)")
     return 0
 

@@ -89,6 +89,7 @@ def ingest_step(specs: list[SourceSpec], out: str, settings: DataSettings) -> st
 
 # The ingest in steps, for a cluster: plan here, read chunks of files anywhere, finish here.
 CLUSTER_CHUNK = 256  # files one read task reads (at ~100 files/s and core: seconds each)
+CLUSTER_THREADS = 4  # reads in flight per task: single-thread workers, one per core
 
 
 def plan_ingest_step(specs: list[SourceSpec], out: str, settings: DataSettings
@@ -118,7 +119,9 @@ def read_chunk_step(plan_uri: str, chunk: int, out: str, settings: DataSettings,
         if not any(f.get("transient") for f in storage.read_json(done)):
             return 0
     uris = storage.read_json(layout.staged_file(plan_uri, f"todo-{chunk:05d}.json"))
-    facts = read_files(uris, out, settings.image_size, threads or default_threads())
+    # no listing of the whole normalised-image cache per chunk: each PNG is checked alone
+    facts = read_files(uris, out, settings.image_size, threads or CLUSTER_THREADS,
+                       have_png=set())
     storage.write_json(done, facts)
     return len(uris)
 

@@ -79,7 +79,7 @@ def patient_resamples(groups: Sequence[str], labels: np.ndarray, n_resamples: in
                       n_resamples, seed)
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=1)
 def _resamples(groups_key: tuple[str, ...], labels_key: tuple[int, ...], n_resamples: int,
                seed: int) -> list[np.ndarray]:
     groups = np.asarray(groups_key)

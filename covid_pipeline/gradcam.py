@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from covid_pipeline import imaging, layout, storage
 from covid_pipeline.control import box_bounds
@@ -169,11 +170,14 @@ def model_panel(dataset_uri: str, model: str, cfg, out: str) -> dict:
     chosen = choose(preds, cfg.gradcam_images, cfg.seed)
     wanted = set(chosen["image_id"].astype(str))
     pixels: dict[str, np.ndarray] = {}
-    for k in range(info.n_folds):
-        table = read_parquet(info.images_uri(k))
-        for image_id, png in zip(table["image_id"], table["png"], strict=True):
-            if str(image_id) in wanted:
-                pixels[str(image_id)] = imaging.decode_png(png)
+    for k in sorted({int(f) for f in chosen["fold"]}):  # repeat 0: fold k = shard k
+        with storage.open_read(info.images_uri(k)) as fh:
+            for rows in pq.ParquetFile(fh).iter_batches(batch_size=256,
+                                                        columns=["image_id", "png"]):
+                for image_id, png in zip(rows.column("image_id").to_pylist(),
+                                         rows.column("png").to_pylist(), strict=True):
+                    if str(image_id) in wanted:
+                        pixels[str(image_id)] = imaging.decode_png(png)
     net = build_model(cfg, model, info.image_size, next(iter(heads.values())))
     _, _, head = parts(net)
     images, cams, titles, shares = [], [], [], []

@@ -215,15 +215,16 @@ def plan(
 
 
 def read_files(uris: list[str], out: str, size: int, workers: int,
-               record: Callable[[int, dict[str, Any]], None] | None = None
-               ) -> list[dict[str, Any]]:
+               record: Callable[[int, dict[str, Any]], None] | None = None,
+               have_png: set[str] | None = None) -> list[dict[str, Any]]:
     """:func:`read_facts` of each of ``uris``, in order, on a pool of ``workers`` threads.
 
     Reads stream through one pool (no idle threads between chunks); ``record(i, facts)``
     is called as each result arrives, in order. An interrupt or a failed read stops the
-    reading of the rest.
+    reading of the rest. ``have_png``: the normalised images known to exist (default: one
+    listing of the cache; an empty set checks each image's PNG on its own).
     """
-    have_png = _stored_pngs(out, size)
+    have_png = _stored_pngs(out, size) if have_png is None else have_png
     results: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(read_facts, uri, out, size, have_png) for uri in uris]

@@ -4,7 +4,9 @@ the others are still predicted."""
 
 from __future__ import annotations
 
+import os
 import posixpath
+import tempfile
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -63,9 +65,14 @@ def load(model_file: str):
     import keras
 
     export.input_layer()  # registered before the file names it
-    local = storage.stage_local(model_file, storage.local_cache_dir("models"))
     try:
-        return keras.saving.load_model(local)
+        if storage.is_local(model_file):
+            return keras.saving.load_model(storage.local_path(model_file))
+        with tempfile.TemporaryDirectory(prefix="covid-model-") as tmp:  # never a stale copy
+            local = os.path.join(tmp, "model.keras")
+            with open(local, "wb") as fh:
+                fh.write(storage.read_bytes(model_file))
+            return keras.saving.load_model(local)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{model_file}: not a model `covid-pipeline export` wrote "
                           f"({str(exc).splitlines()[0]})") from None

@@ -148,7 +148,7 @@ def summary(table: pd.DataFrame, ctx: LeaderboardContext, uri: str) -> str:
 
 
 def _true(value: Any) -> bool:
-    return value is not None and value is not pd.NA and bool(value)
+    return not pd.isna(value) and bool(value)
 
 
 def _num(value: Any) -> str:

@@ -299,6 +299,10 @@ def iter_splits(info: DatasetInfo, folds: list[int], chunk: int) -> Iterator[Spl
     ids: list[str] = []
     shas: list[str] = []
     for k in folds:
+        if not storage.exists(info.images_uri(k)):
+            raise storage.StorageError(
+                f"{info.images_uri(k)}: missing from the dataset version; run "
+                "`covid-pipeline ingest` (or the same `run`) again to rebuild it")
         with storage.open_read(info.images_uri(k)) as fh:
             for rows in pq.ParquetFile(fh).iter_batches(
                     batch_size=chunk, columns=["image_id", "sha256", "label", "png"]):

@@ -108,20 +108,21 @@ def writing(uri: str) -> Iterator[str]:
         ) from exc
     try:
         yield tmp
-        if local:
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, local_path(uri))
-        else:
-            fs, path = filesystem(uri)
-            fs.put_file(tmp, path)
-    except OSError as exc:
-        raise StorageError(
-            f"{uri}: cannot write ({exc.strerror or exc}); " + (
-                "free space or choose another --out" if local
-                else "check the bucket and credentials")
-        ) from exc
+        try:
+            if local:
+                with open(tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, local_path(uri))
+            else:
+                fs, path = filesystem(uri)
+                fs.put_file(tmp, path)
+        except OSError as exc:
+            raise StorageError(
+                f"{uri}: cannot write ({exc.strerror or exc}); " + (
+                    "free space or choose another --out" if local
+                    else "check the bucket and credentials")
+            ) from exc
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -130,8 +131,13 @@ def writing(uri: str) -> Iterator[str]:
 def write_bytes(uri: str, data: bytes) -> str:
     """Write ``data`` to ``uri`` atomically; return the URI."""
     if is_local(uri):
-        with writing(uri) as tmp, open(tmp, "wb") as fh:
-            fh.write(data)
+        with writing(uri) as tmp:
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+            except OSError as exc:
+                raise StorageError(f"{uri}: cannot write ({exc.strerror or exc}); free "
+                                   "space or choose another --out") from exc
         return uri
     fs, path = filesystem(uri)
     try:

@@ -31,8 +31,8 @@ def tracking_uri(cfg: BenchmarkConfig) -> str | None:
 
 def check_installed() -> None:
     if importlib.util.find_spec("mlflow") is None:
-        raise ConfigError("--mlflow: MLflow is not installed; install it with "
-                          "`pip install 'covid-pipeline[mlflow]'`")
+        raise ConfigError("--mlflow (or MLFLOW_TRACKING_URI): MLflow is not installed; "
+                          "install it with `pip install 'covid-pipeline[mlflow]'`")
 
 
 def _numbers(row: dict[str, Any]) -> dict[str, float]:

@@ -191,9 +191,12 @@ def fold_key(version: str, cfg: BenchmarkConfig, model: str, fold: int, precisio
             "feature_precision": precision, "weights_sha256": weights_sha256}
 
 
-def reusable(uri: str, key: dict[str, Any], quiet: bool = False) -> dict[str, Any] | None:
-    """The stored result at ``uri`` (marked ``reused``) if it succeeded under ``key``."""
-    if not storage.exists(uri):
+def reusable(uri: str, key: dict[str, Any], quiet: bool = False,
+             head_uri: str | None = None) -> dict[str, Any] | None:
+    """The stored result at ``uri`` (marked ``reused``) if it succeeded under ``key`` (and,
+    given ``head_uri``, its trained head is stored: results from before heads were kept
+    are trained again, once, so that Grad-CAM has them)."""
+    if not storage.exists(uri) or (head_uri is not None and not storage.exists(head_uri)):
         return None
     record = storage.read_json(uri)
     stored = {"repeat": 0, **record}  # records from before repeats are repeat 0
@@ -228,7 +231,8 @@ def stored_results(dataset_uri: str, cfg: BenchmarkConfig, out: str, precision: 
         if control:
             key.update(controls.of(cfg).key())
         record = reusable(fold_result_uri(out, info.version, cfg, model, fold, repeat, control),
-                          key, quiet=True)
+                          key, quiet=True, head_uri=None if control else layout.fold_head(
+                              results_root(out, info.version, cfg), model, fold, repeat))
         if record is None:
             return None
         records.append(record)
@@ -259,7 +263,8 @@ def train_fold(dataset_uri: str, model_name: str, fold: int, cfg: BenchmarkConfi
     if control:
         key.update(controls.of(cfg).key())
     uri = fold_result_uri(out, info.version, cfg, model_name, fold, repeat, control)
-    record = reusable(uri, key)
+    record = reusable(uri, key, head_uri=None if control else layout.fold_head(
+        results_root(out, info.version, cfg), model_name, fold, repeat))
     if record is not None:
         return record
     configure_tensorflow()

@@ -33,10 +33,15 @@ def aggregate(records: list[dict], failures: dict[str, str], models: list[str],
     uris = leaderboard.stored(folders, digest)
     if uris is not None and storage.exists(layout.report(folders[0])):
         # the same results as the stored board's: publish it again
-        table = pd.read_csv(io.BytesIO(storage.read_bytes(uris["csv"])))
+        table = pd.read_csv(io.BytesIO(storage.read_bytes(uris["csv"])),
+                            dtype={"tied_with_best": "boolean"})
         markdown = storage.read_text(uris["md"])
+        page = storage.read_bytes(layout.report(folders[0]))
+        for folder in folders[1:]:
+            storage.write_bytes(layout.report(folder), page)
         uris = {**uris, "html": layout.report(folders[0])}
     else:
+        leaderboard.write_key(folders, "rebuilding")  # never a stale key beside new files
         manifest = layout.dataset_manifest(ctx.dataset_uri) if ctx.dataset_uri else None
         predictions = leaderboard.pooled_predictions(records, manifest)
         table = leaderboard.build(records, failures, models, ctx, predictions, control,

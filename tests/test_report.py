@@ -70,3 +70,17 @@ def test_every_image_of_the_report_loads_in_chromium(page, tmp_path):
     shot = tmp_path / "report.png"
     render(page.as_uri(), shot, tmp_path / "profile2")
     assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 20_000
+
+
+def test_the_summary_ticks_only_models_tied_with_the_best():
+    import pandas as pd
+
+    table = pd.DataFrame({"rank": [1, 2, 3], "model": ["A", "B", "C"],
+                          "balanced_accuracy_pooled": [0.9, 0.8, 0.7],
+                          "auc_pooled": [0.95, 0.9, 0.8],
+                          "tied_with_best": pd.array([True, False, pd.NA], dtype="boolean")})
+    ctx = lb.LeaderboardContext("v", "patient", {}, "c", "t", 3, {})
+    rows = [line for line in report.summary(table, ctx, "r.html").splitlines()
+            if line.startswith("| ") and line[2].isdigit()]
+    assert [line.endswith("| ✓ |") for line in rows] == [True, False, False]
+    assert not report._true(float("nan")) and not report._true(pd.NA)
