@@ -25,7 +25,10 @@ PARAMS = ("epochs", "batch_size", "optimizer", "learning_rate", "dropout", "head
 
 
 def tracking_uri(cfg: BenchmarkConfig) -> str | None:
-    """``cfg.mlflow``, else ``MLFLOW_TRACKING_URI``, else None (no tracking)."""
+    """``cfg.mlflow``, else ``MLFLOW_TRACKING_URI``, else None (no tracking); ``none``
+    turns tracking off whatever the environment says."""
+    if cfg.mlflow and cfg.mlflow.strip().lower() == "none":
+        return None
     return cfg.mlflow or os.environ.get("MLFLOW_TRACKING_URI") or None
 
 

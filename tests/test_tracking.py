@@ -49,3 +49,12 @@ def test_a_run_per_model_and_a_nested_run_per_fold(tmp_path, monkeypatch):
         assert [(m.step, m.value) for m in history] == [(0, 0.7), (1, 0.6), (2, 0.5)]
         files = {a.path for a in client.list_artifacts(run_id)}
         assert {"leaderboard.csv", "leaderboard.md", "report.html"} <= files
+
+
+def test_the_tracking_uri_comes_from_the_flag_else_the_environment(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.tracking_uri(resolve_config("smoke")) is None
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking.tracking_uri(resolve_config("smoke")) == "http://127.0.0.1:5000"
+    assert tracking.tracking_uri(resolve_config("smoke", mlflow="file:///x")) == "file:///x"
+    assert tracking.tracking_uri(resolve_config("smoke", mlflow="none")) is None
