@@ -8,7 +8,6 @@ connected machine after ``covid-pipeline weights download``).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import socket
@@ -93,20 +92,12 @@ def weights_digest(spec: zoo.ModelSpec, cfg: BenchmarkConfig) -> str:
     if isinstance(entry, dict) and entry.get("stamp") == stamp:
         digest = str(entry["sha256"])
     else:
-        digest = _file_sha256(path)
+        digest = storage.file_sha256(path)
         index[key[0]] = {"stamp": stamp, "sha256": digest}
         with contextlib.suppress(storage.StorageError):  # a read-only cache only costs time
             storage.write_json(index_path, index)
     _DIGESTS[key] = digest
     return digest
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def network_reachable(host: str = WEIGHTS_HOST, timeout: float = 3.0) -> bool:

@@ -54,7 +54,7 @@ def test_weights_digest_follows_the_bytes_even_when_size_and_mtime_are_kept(tmp_
     assert first == hashlib.sha256(b"a" * 64).hexdigest()
 
     hashed = []
-    monkeypatch.setattr(weights, "_file_sha256", lambda p: hashed.append(p) or "x")
+    monkeypatch.setattr(weights.storage, "file_sha256", lambda p: hashed.append(p) or "x")
     weights._DIGESTS.clear()
     assert weights.weights_digest(spec, cfg) == first and hashed == []  # remembered on disk
 
