@@ -245,11 +245,10 @@ def wanted_chunks(info: DatasetInfo, wanted: set[str], chunk: int
     time (every chunk full but the last), read shard by shard."""
     images: list[np.ndarray] = []
     shas: list[str] = []
-    for part in iter_splits(info, list(range(info.n_folds)), chunk):
+    for part in iter_splits(info, list(range(info.n_folds)), chunk, only=wanted):
         for i, sha in enumerate(part.shas):
-            if sha in wanted:
-                images.append(part.images[i])
-                shas.append(sha)
+            images.append(part.images[i])
+            shas.append(sha)
             if len(shas) == chunk:
                 yield np.stack(images), shas
                 images, shas = [], []

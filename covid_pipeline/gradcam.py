@@ -180,19 +180,26 @@ def model_panel(dataset_uri: str, model: str, cfg, out: str) -> dict:
                         pixels[str(image_id)] = imaging.decode_png(png)
     net = build_model(cfg, model, info.image_size, next(iter(heads.values())))
     _, _, head = parts(net)
+    # one batch per fold (its head's weights set once); maps are per image, whatever the batch
+    cam_of: dict[int, tuple[np.ndarray, float]] = {}
+    for fold, rows in chosen.groupby("fold", sort=True):
+        head.set_weights(heads[int(fold)])
+        batch = np.stack([pixels[str(i)] for i in rows["image_id"]])[..., None]
+        fold_cams, fold_scores = heatmaps(net, batch)
+        cam_of.update({int(i): (c, float(p)) for i, c, p in zip(rows.index, fold_cams,
+                                                                fold_scores, strict=True)})
     images, cams, titles, shares = [], [], [], []
-    for row in chosen.itertuples(index=False):
-        head.set_weights(heads[int(row.fold)])
+    for i, row in enumerate(chosen.itertuples(index=False)):
         image = pixels[str(row.image_id)]
-        cam, score = heatmaps(net, image[None, ..., None])
-        share = outside_share(cam[0], cfg.control_box, info.image_size)
+        cam, score = cam_of[i]
+        share = outside_share(cam, cfg.control_box, info.image_size)
         truth = "COVID-19" if row.label == 1 else "normal"
-        verdict = "right" if (score[0] > 0.5) == (row.label == 1) else "wrong"
+        verdict = "right" if (score > 0.5) == (row.label == 1) else "wrong"
         images.append(image)
-        cams.append(cam[0])
-        titles.append(f"{row.image_id}\n{truth}, p={score[0]:.2f} ({verdict}), fold "
+        cams.append(cam)
+        titles.append(f"{row.image_id}\n{truth}, p={score:.2f} ({verdict}), fold "
                       f"{row.fold}\noutside box {share:.0%}" if share is not None else
-                      f"{row.image_id}\n{truth}, p={score[0]:.2f} ({verdict})")
+                      f"{row.image_id}\n{truth}, p={score:.2f} ({verdict})")
         shares.append(share)
     __import__("keras").backend.clear_session()
     known = [s for s in shares if s is not None]

@@ -72,13 +72,14 @@ def read_facts(uri: str, out: str, size: int, have_png: set[str] | None = None
         img = imaging.decode(data)
     except imaging.ImageRejected as exc:
         return {"reason": exc.reason, "detail": exc.detail}
+    grey = imaging.to_uint8(img.pixels)  # once: both the PNG and the phash start from it
     target = normalised_uri(out, sha, size)
     if sha not in (have_png or ()) and not storage.exists(target):
-        storage.write_bytes(target, imaging.encode_png(imaging.normalise(img.pixels, size)))
+        storage.write_bytes(target, imaging.encode_png(imaging.normalise(grey, size)))
     return {"sha256": sha, "width": img.width, "height": img.height,
             "file_format": img.file_format, "bit_depth": img.bit_depth,
             "colour_mode": img.colour_mode, "file_size": len(data),
-            "phash": imaging.phash(img.pixels), "patient_id": img.patient_id,
+            "phash": imaging.phash(grey), "patient_id": img.patient_id,
             "view": img.view, "sex": img.sex, "age": img.age}
 
 

@@ -286,9 +286,11 @@ def _split(examples: list[dict]) -> Split:
                  [ex["sha256"].decode() for ex in examples])
 
 
-def iter_splits(info: DatasetInfo, folds: list[int], chunk: int) -> Iterator[Split]:
-    """The images of ``folds`` in chunks of at most ``chunk`` images, in shard order: for
-    passes that need no global row order, in memory bounded by ``chunk``.
+def iter_splits(info: DatasetInfo, folds: list[int], chunk: int,
+                only: set[str] | None = None) -> Iterator[Split]:
+    """The images of ``folds`` (those whose sha256 is in ``only``, if given; the others are
+    not decoded) in chunks of at most ``chunk`` images, in shard order: for passes that
+    need no global row order, in memory bounded by ``chunk``.
 
     Read from the Parquet shards a row group at a time and decoded with Pillow (the same
     pixels as the TFRecords': PNG is lossless); no tf.data buffers, whose autotuning
@@ -308,6 +310,8 @@ def iter_splits(info: DatasetInfo, folds: list[int], chunk: int) -> Iterator[Spl
                     batch_size=chunk, columns=["image_id", "sha256", "label", "png"]):
                 for image_id, sha, label, png in zip(*(rows.column(c).to_pylist() for c in (
                         "image_id", "sha256", "label", "png")), strict=True):
+                    if only is not None and sha not in only:
+                        continue
                     images.append(imaging.decode_png(png)[..., None])
                     labels.append(int(label))
                     ids.append(str(image_id))

@@ -134,6 +134,12 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
             with gpu_work(), dask.annotate(priority=costs[model]):
                 fut = train_fold_task.submit(dataset_uri, model, fold, config, out)
         futures[fut] = (model, repeat, fold, control)
+    # each model's Grad-CAM panel as soon as its folds' heads are stored (beside the others)
+    panel_futures = {}
+    for model in cfg.models if cfg.gradcam_images else ():
+        with gpu_work():
+            panel_futures[model] = gradcam_task.submit(dataset_uri, model, config, out, wait_for=[
+                f for f, (m, _, _, control) in futures.items() if m == model and not control])
     records: list[dict] = []
     control_records: list[dict] = []
     failures: dict[str, str] = {}
@@ -159,7 +165,7 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
             external_failures[model] = extract_error(extract.get((model, False))) or one_line(
                 exc)
             logger.error("model %s external test failed: %s", model, external_failures[model])
-    panels, panel_failures = gradcam_panels(cfg, dataset_uri, config, out, failures, gpu_work)
+    panels, panel_failures = gradcam_panels(panel_futures, failures)
     wall = time.perf_counter() - t0
     extraction = {key: f.result() for key, f in extract.items() if f.state.is_completed()}
     reused = sum(1 for r in records if r.get("reused"))
@@ -178,20 +184,14 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
             "wall_seconds": wall}
 
 
-def gradcam_panels(cfg: BenchmarkConfig, dataset_uri: str, config: dict, out: str,
-                   failures: dict[str, str], gpu_work) -> tuple[dict, dict]:
-    """Each trained model's Grad-CAM panel, on the cluster; a failed panel is logged and
-    the leaderboard goes on without its column's value."""
+def gradcam_panels(futures: dict[str, Any], failures: dict[str, str]) -> tuple[dict, dict]:
+    """Each trained model's Grad-CAM panel (those of failed models did not run); a failed
+    panel is logged and the leaderboard goes on without its column's value."""
     logger = get_run_logger()
-    if not cfg.gradcam_images:
-        return {}, {}
-    futures = {}
-    for model in cfg.models:
-        if model not in failures:
-            with gpu_work():
-                futures[model] = gradcam_task.submit(dataset_uri, model, config, out)
     panels, panel_failures = {}, {}
     for model, fut in futures.items():
+        if model in failures:
+            continue
         try:
             panels[model] = fut.result()
         except Exception as exc:  # noqa: BLE001 - the board stands without it
