@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= out/demo
 
-.PHONY: demo test test-fast lint install clean
+.PHONY: demo test test-fast test-stack lint install clean
 
 # constraints.txt pins the versions checked together (pip's resolver backtracks for many
 # minutes between s3fs/aiobotocore and moto/botocore without it).
@@ -30,6 +30,12 @@ test: lint
 # API with the in-process thread runner. `make test` (CI) runs everything.
 test-fast: lint
 	$(BIN)/python -m pytest -m "not slow"
+
+# The Docker stack built and started for real (root, a Debian machine: installs docker.io),
+# then a benchmark through it (tests/test_stack.py). CI runs it after `make test`.
+test-stack: $(VENV)/.installed
+	bash docker/ci/stack.sh up
+	COVID_STACK=1 $(BIN)/python -m pytest -p no:cacheprovider tests/test_stack.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
