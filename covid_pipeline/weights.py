@@ -130,14 +130,17 @@ def preflight(cfg: BenchmarkConfig, online: bool | None = None) -> None:
     absent = missing(cfg)
     if not absent:
         return
-    if online is None:
-        online = network_reachable()
-    if cfg.weights.lower() == "imagenet" and online:
-        download_weights(list(absent), None, cfg.input_size)
-        return
+    imagenet = cfg.weights.lower() == "imagenet"
+    if imagenet:
+        if online is None:
+            online = network_reachable()
+        if online:
+            download_weights(list(absent), None, cfg.input_size)
+            return
     where = folder_of(cfg.weights) or str(keras_models_dir())
     raise ConfigError(
-        f"ImageNet weights missing from {where} and {WEIGHTS_HOST} is unreachable: "
+        f"ImageNet weights missing from {where}"
+        f"{f' and {WEIGHTS_HOST} is unreachable' if imagenet else ''}: "
         f"{', '.join(sorted(set(absent.values())))}; on a connected machine run "
         f"`covid-pipeline weights download --models {','.join(sorted(absent))}` and copy "
         f"its Keras cache folder here (or pass --weights FOLDER, or --weights none)"

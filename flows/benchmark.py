@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
+from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
@@ -24,6 +25,7 @@ from covid_pipeline import control as controls
 from covid_pipeline import tracking, weights, zoo
 from covid_pipeline.baseline import NAME as BASELINE
 from covid_pipeline.config import BenchmarkConfig, load_preset, resolve_config, with_overrides
+from covid_pipeline.errors import ConfigError
 from covid_pipeline.features import needed_views
 from covid_pipeline.leaderboard import LeaderboardContext
 from covid_pipeline.sources import parse_source
@@ -273,7 +275,7 @@ def covid_benchmark(
     config_file: str | None = None,
     weights_source: str | None = None,
     external: list[str] | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | State:
     """Run the benchmark on ``sources`` and write the leaderboard under ``out``.
 
     Args:
@@ -303,6 +305,11 @@ def covid_benchmark(
         logger.warning("this deployment passes preset/config_file/weights_source, the "
                        "parameters of covid-benchmark before `config`; re-create it with "
                        "`python -m deployments.deploy` to pass `config` instead")
+    try:  # first: missing weights fail the run with their one line, not a traceback
+        weights.preflight(cfg)
+    except ConfigError as exc:
+        logger.error("%s", exc)
+        return Failed(message=str(exc))
     logger.info("config %s (%s): models %s; %d folds, %d epochs, mode %s, weights %s",
                 cfg.config_hash(), cfg.name, ", ".join(cfg.models), cfg.folds, cfg.epochs,
                 cfg.mode, cfg.weights)
@@ -311,7 +318,6 @@ def covid_benchmark(
     settings = cfg.data
     spec = clusters.resolve(cluster, len(cfg.models) * cfg.folds, workers)
     n_workers, n_gpus = clusters.size(spec)  # an existing cluster is checked before any work
-    weights.preflight(cfg)
     if credentials_block:  # before the local cluster starts: its workers inherit them
         names = credentials.apply_block(credentials_block)
         logger.info("storage credentials from block %s (%s)", credentials_block,

@@ -57,6 +57,9 @@ def resolve_run(args: argparse.Namespace, sources: list[str], preset: str) -> Be
         raise ConfigError(f"--workers {args.workers}: give at least 1 worker process")
     if args.credentials_block:
         check_block_name(args.credentials_block)
+    # last: missing weights stop the run in one line before Prefect starts (online, the
+    # default imagenet weights are fetched now); the flow checks again for deployments
+    weights.preflight(cfg)
     return cfg
 
 

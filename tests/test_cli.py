@@ -78,3 +78,19 @@ def test_models_lists_the_table_without_tensorflow(capsys):
     assert len(out) == 27 and "NASNetLarge" in "\n".join(out)
     assert main(["models", "--presets"]) == 0
     assert "paper: 26 models, 5 folds, 120 epochs" in capsys.readouterr().out
+
+
+def test_missing_weights_stop_run_in_one_line_before_prefect(tmp_path):
+    """The weights preflight runs before Prefect starts: one line, exit 2, no Prefect
+    output, no traceback (a folder without the files: no network is asked)."""
+    empty = tmp_path / "weights"
+    empty.mkdir()
+    proc = run_cli("run", "--preset", "smoke", "--weights", str(empty), "--source",
+                   f"rsna={tmp_path}", "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert f"ImageNet weights missing from {empty}: " in lines[0]
+    assert "covid-pipeline weights download --models ResNet50,VGG16" in lines[0]
+    assert "prefect" not in (proc.stdout + proc.stderr).lower()
+    assert not (tmp_path / "out").exists()

@@ -86,3 +86,28 @@ def test_unknown_parameters_of_a_stored_deployment_are_refused():
 
     with pytest.raises(SignatureMismatchError, match="bogus"):
         covid_benchmark.validate_parameters({"sources": [], "out": "/o", "bogus": 1})
+
+
+def test_missing_weights_fail_a_deployment_run_in_one_line(prefect_api, tmp_path):
+    """A run that does not come through the CLI (a deployment's) checks the weights first:
+    the flow run fails with the one-line message, logged once, no traceback in its logs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    from flows.benchmark import covid_benchmark
+
+    empty = tmp_path / "weights"
+    empty.mkdir()
+    cfg = resolve_config("smoke", weights=str(empty))
+    state = covid_benchmark(sources=[f"rsna={tmp_path}"], out=str(tmp_path / "out"),
+                            config=cfg, cluster="threads", return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith(f"ImageNet weights missing from {empty}: ")
+    assert not (tmp_path / "out").exists()
+    APILogWorker.drain_all(timeout=10)
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(
+            any_=[state.state_details.flow_run_id])))
+    text = "\n".join(log.message for log in logs)
+    assert "Traceback" not in text and "weights download --models ResNet50,VGG16" in text
