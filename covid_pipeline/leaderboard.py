@@ -427,6 +427,41 @@ def to_markdown(df: pd.DataFrame, ctx: LeaderboardContext) -> str:
     return "\n".join(lines) + "\n"
 
 
+def display_rows(df: pd.DataFrame) -> list[dict[str, str]]:
+    """The board as the Prefect table artifact shows it, the way the Markdown does: rank and
+    model, then the ranking metrics (mean ± std over folds; pooled [95 % interval] once
+    computed), comparisons and the other metrics, 3 decimals, text cells; status last.
+    Columns a run did not make (control, Grad-CAM, external) are left out. The CSV keeps
+    every raw column."""
+    optional = {
+        "border AUC (drop)": ("control_auc", _control_cell),
+        "Grad-CAM heat outside box": ("gradcam_outside_share",
+                                      lambda r: _num(r.get("gradcam_outside_share"))),
+        "external AUC": ("external_auc", lambda r: _interval(r, "external_auc")),
+    }
+    shown = {label: cell for label, (column, cell) in optional.items()
+             if column in df and df[column].notna().any()}
+    rows = []
+    for r in df.to_dict("records"):
+        row = {"rank": "–" if _missing(r["rank"]) else str(r["rank"]), "model": r["model"],
+               "balanced accuracy": _pm(r, "balanced_accuracy"), "AUC": _pm(r, "auc"),
+               "p (BA / AUC / DeLong)": " / ".join(_p(r.get(c)) for c in P_COLUMNS),
+               "tier": "✓" if _true(r.get("tied_with_best")) else "",
+               "sensitivity": _pm(r, "sensitivity"), "specificity": _pm(r, "specificity"),
+               "F1": _pm(r, "f1")}
+        row.update({label: cell(r) for label, cell in shown.items()})
+        row.update({"input": _text(r["input_size"]), "precision": _text(r.get(
+            "feature_precision")), "weights": ",".join(
+            d[:12] for d in _text(r.get("weights_sha256")).split(",")),
+            "status": str(r["status"])})
+        rows.append(row)
+    return rows
+
+
+def _num(value: Any) -> str:
+    return "–" if _missing(value) else f"{value:.3f}"
+
+
 def external_markdown(df: pd.DataFrame, ext: dict[str, Any]) -> list[str]:
     """The external test set's section: counts, what was dropped, one row per model."""
     counts = ", ".join(f"{k} {v}" for k, v in sorted(ext["counts"].items()))

@@ -82,18 +82,63 @@ def load_flow(entrypoint: str):
     return load_flow_from_entrypoint(str(PROJECT / entrypoint))
 
 
-def triggers_for(spec: DeploymentSpec) -> list:
-    """The event trigger that runs ``spec`` with the event's parameters, if it has one."""
+def trigger_fields(spec: DeploymentSpec) -> dict[str, Any] | None:
+    """The fields of the event trigger that runs ``spec`` with the event's parameters (the
+    same for ``serve``, ``deploy`` and prefect.yaml), or None."""
     if not spec.on_event:
+        return None
+    return {"name": f"{spec.name} on {spec.on_event}", "expect": [spec.on_event],
+            "match": {"prefect.resource.id": "covid.dataset.*"},
+            "parameters": {**spec.parameters, **spec.event_parameters}}
+
+
+def triggers_for(spec: DeploymentSpec) -> list:
+    """The event trigger of ``spec`` as a Prefect object, if it has one."""
+    fields = trigger_fields(spec)
+    if fields is None:
         return []
     from prefect.events import DeploymentEventTrigger
 
-    return [DeploymentEventTrigger(
-        name=f"{spec.name} on {spec.on_event}",
-        expect={spec.on_event},
-        match={"prefect.resource.id": "covid.dataset.*"},
-        parameters={**spec.parameters, **spec.event_parameters},
-    )]
+    return [DeploymentEventTrigger(**{**fields, "expect": set(fields["expect"])})]
+
+
+def prefect_yaml(specs: list[DeploymentSpec], pool: str, workdir: str) -> str:
+    """prefect.yaml for ``prefect deploy --all`` (or ``--name``): the same deployments, for
+    a process work pool whose flow runs start in ``workdir`` (a checkout of this project)."""
+    import prefect
+    import yaml
+
+    def deployment(spec: DeploymentSpec) -> dict[str, Any]:
+        schedule = ({"cron": spec.cron} if spec.cron else
+                    {"interval": spec.interval_seconds} if spec.interval_seconds else None)
+        fields = trigger_fields(spec)
+        return {"name": spec.name, "description": spec.description,
+                "entrypoint": spec.entrypoint, "tags": ["covid-pipeline"],
+                "parameters": spec.parameters, "work_pool": {"name": pool},
+                "schedules": [schedule] if schedule else [],
+                "triggers": [{"type": "event", "enabled": True, **fields}] if fields else []}
+
+    body = {"name": "covid-pipeline", "prefect-version": prefect.__version__,
+            "build": None, "push": None,
+            "pull": [{"prefect.deployments.steps.set_working_directory": {
+                "directory": workdir}}],
+            "deployments": [deployment(spec) for spec in specs]}
+    class Dumper(yaml.SafeDumper):  # every value written out, no &anchors / *aliases
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    return YAML_HEADER + yaml.dump(body, Dumper=Dumper, sort_keys=False, allow_unicode=True,
+                                   width=100)
+
+
+YAML_HEADER = """\
+# Generated from the deployment table in deployments/deploy.py; do not edit by hand.
+# Regenerate with your own sources, output, cluster and pool:
+#   python -m deployments.deploy yaml --source KIND=URI ... --out URI --cluster ADDRESS \\
+#       --pool NAME --workdir /path/to/this/checkout > prefect.yaml
+# then `prefect deploy --all` (or `--name covid-benchmark`). tests/test_deployments.py checks
+# that this file is what the table gives for the defaults in README.md ("Deployments").
+"""
 
 
 def runner_deployments(specs: list[DeploymentSpec]) -> list:
@@ -125,7 +170,9 @@ def deploy_to_pool(specs: list[DeploymentSpec], pool: str) -> list:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m deployments.deploy", description=__doc__)
-    p.add_argument("action", choices=["serve", "deploy", "show"])
+    p.add_argument("action", choices=["serve", "deploy", "show", "yaml"],
+                   help="serve here, deploy to a work pool, show the table, or print "
+                        "prefect.yaml for `prefect deploy`")
     p.add_argument("--source", action="append", required=True, metavar="KIND=URI")
     p.add_argument("--out", required=True)
     p.add_argument("--preset", default="paper")
@@ -135,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cron", default="0 3 * * 1", help="benchmark schedule (weekly)")
     p.add_argument("--watch-seconds", type=int, default=300)
     p.add_argument("--pool", default="covid-process", help="work pool (deploy)")
+    p.add_argument("--workdir", default="/app",
+                   help="yaml: where the pool's flow runs find this project (default: the "
+                        "docker image's /app)")
     p.add_argument("--credentials-block", default=None, metavar="secret/NAME",
                    help="object-storage credentials from a Prefect Secret block: secret/NAME")
     args = p.parse_args(argv)
@@ -148,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "show":
         for spec in specs:
             print(spec)
+        return 0
+    if args.action == "yaml":
+        sys.stdout.write(prefect_yaml(specs, args.pool, args.workdir))
         return 0
     if args.action == "deploy":
         deploy_to_pool(specs, args.pool)

@@ -31,7 +31,7 @@ from covid_pipeline.leaderboard import LeaderboardContext
 from covid_pipeline.sources import parse_source
 from covid_pipeline.tfsetup import precision_for
 from covid_pipeline.training import results_root, training_jobs, write_resolved_config
-from flows import credentials
+from flows import credentials, progress
 from tasks.data import (
     balance_and_folds,
     confound_report,
@@ -90,7 +90,7 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
     controlled = cfg.controlled_models
     logger.info(controls.cost_line(cfg, n_images))
     jobs = training_jobs(cfg)
-    progress = create_progress_artifact(
+    progress_artifact = create_progress_artifact(
         progress=0.0, key="training-progress",
         description=f"{len(jobs)} (model, repeat, fold) tasks, border-only control included")
 
@@ -146,19 +146,31 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
     control_records: list[dict] = []
     failures: dict[str, str] = {}
     control_failures: dict[str, str] = {}
-    for done, fut in enumerate(as_completed(list(futures)), start=1):
+    # the terminal's progress also counts the extractions and panels (nothing else reads
+    # them here: the heads' and the panels' own collection below does)
+    others = {f: f"extract-{m}{'-control' if c else ''}" for (m, c), f in extract.items()}
+    others.update({f: f"gradcam-{m}" for m, f in panel_futures.items()})
+    progress.planned(len(futures) + len(others))
+    done = 0
+    for fut in as_completed([*futures, *others]):
+        if fut in others:
+            progress.finished(others[fut], fut.state.is_completed())
+            continue
+        done += 1
         model, repeat, fold, control = futures[fut]
         where = f"fold {fold}" if repeat == 0 else f"repeat {repeat} fold {fold}"
         try:
             (control_records if control else records).append(fut.result())
+            progress.finished(f"{model} {'control ' if control else ''}{where}")
         except Exception as exc:  # noqa: BLE001 - a failed model must not fail the flow
+            progress.finished(f"{model} {'control ' if control else ''}{where}", ok=False)
             needs = control or cfg.mode == "cached"  # online folds need no extraction
             cause = (extract_error(extract.get((model, control))) if needs else None) or (
                 one_line(exc))
             (control_failures if control else failures).setdefault(model, f"{where}: {cause}")
             logger.error("model %s %s%s failed: %s", model,
                          "border-only control " if control else "", where, cause)
-        update_progress_artifact(progress, progress=100.0 * done / len(jobs))
+        update_progress_artifact(progress_artifact, progress=100.0 * done / len(jobs))
     external_records, external_failures = [], {}
     for fut, model in external.items():
         try:
@@ -324,7 +336,9 @@ def covid_benchmark(
                     ", ".join(names))
 
     data = settings.as_dict()
+    progress.stage("ingest")
     staged = ingest(specs, out, cfg, cluster, workers, spec)
+    progress.stage("balance, folds, shards")
     staged = balance_and_folds(staged, out, data)
     shards = write_shards(staged, out, data)
     dataset = shards["dataset"]
@@ -354,6 +368,7 @@ def covid_benchmark(
     # only they know) is not started when every fold result is stored already
     stored = None if spec.address or ext else stored_results_task(
         dataset["uri"], cfg.as_dict(), out, precision_for(n_gpus), training_jobs(cfg))
+    progress.stage("training")
     if stored is not None:
         logger.info("all %d fold results are stored for this dataset version and config; "
                     "no training, no cluster started", len(stored["records"]))
@@ -363,6 +378,7 @@ def covid_benchmark(
             dataset["uri"], cfg.as_dict(), out, n_images, n_workers, n_gpus > 0,
             ext["dataset"]["uri"] if ext else None)
 
+    progress.stage("baseline, leaderboard, report")
     # the acquisition-only baseline on the same folds, ranked with the models; its failure
     # leaves a row saying why, like a model's
     failures = dict(trained["failures"])

@@ -19,6 +19,7 @@ from covid_pipeline.config import DATA_FIELDS, BenchmarkConfig, cli_fields, reso
 from covid_pipeline.errors import ConfigError
 from covid_pipeline.sources import parse_source
 from covid_pipeline.synth import make_synthetic
+from flows import progress
 from flows.credentials import check_block_name
 
 
@@ -39,6 +40,9 @@ def add_run_options(p: argparse.ArgumentParser, out_default: str | None = None) 
     p.add_argument("--credentials-block", default=None, metavar="secret/NAME",
                    help="object-storage credentials from a Prefect block: secret/NAME "
                         "(default: the environment)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print only warnings, errors and the final summary (no progress "
+                        "display, no Prefect log lines below warnings)")
 
 
 def resolve_run(args: argparse.Namespace, sources: list[str], preset: str) -> BenchmarkConfig:
@@ -67,13 +71,15 @@ def run_benchmark(args: argparse.Namespace, sources: list[str], cfg: BenchmarkCo
     """Start Prefect (a temporary API unless one is configured) and run the flow."""
     # Prefect is imported here, not at the top: it costs seconds and is not needed for
     # --help or for a bad parameter.
-    from flows.benchmark import covid_benchmark
-    from flows.runtime import prefect_api
+    with progress.terminal(args.quiet):
+        from flows.benchmark import covid_benchmark
+        from flows.runtime import prefect_api
 
-    with prefect_api():
-        return covid_benchmark(sources=sources, out=args.out, config=cfg, cluster=args.cluster,
-                               workers=args.workers, credentials_block=args.credentials_block,
-                               external=list(args.external) or None)
+        with prefect_api():
+            return covid_benchmark(sources=sources, out=args.out, config=cfg, cluster=args.cluster,
+                                   workers=args.workers,
+                                   credentials_block=args.credentials_block,
+                                   external=list(args.external) or None)
 
 
 def print_result(result: dict) -> None:
@@ -112,12 +118,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.weights is None:
         args.weights = "none"
-        print("weights: none (random backbones; pass --weights imagenet to use cached ones)")
+        if not args.quiet:
+            print("weights: none (random backbones; pass --weights imagenet to use cached "
+                  "ones)")
     cfg = resolve_run(args, [], args.preset or "demo")
     data = make_synthetic(layout.synthetic_data(args.out), covid_patients=12,
                           normals=24, size=192, seed=0)
-    print(f"synthetic data: {data.root} ({data.covid_images} COVID-19 images of "
-          f"{data.covid_patients} patients, {data.normal_images} normal DICOMs)")
+    if not args.quiet:
+        print(f"synthetic data: {data.root} ({data.covid_images} COVID-19 images of "
+              f"{data.covid_patients} patients, {data.normal_images} normal DICOMs)")
     result = run_benchmark(args, [f"ieee8023={data.ieee8023}", f"rsna={data.rsna}"], cfg)
     print_result(result)
     return 1 if failed(result) else 0

@@ -52,7 +52,7 @@ def aggregate(records: list[dict], failures: dict[str, str], models: list[str],
         leaderboard.write_key(folders, digest)
         markdown = leaderboard.to_markdown(table, ctx)
     rows = table.astype(object).where(table.notna(), None).to_dict("records")
-    create_table_artifact(table=rows, key="leaderboard",
+    create_table_artifact(table=leaderboard.display_rows(table), key="leaderboard",
                           description=f"Leaderboard, dataset {ctx.dataset_version}, "
                                       f"folds by {ctx.group_by}")
     create_markdown_artifact(markdown=markdown,

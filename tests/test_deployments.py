@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -16,6 +17,7 @@ from netutil import stop
 from deployments.deploy import table
 
 pytestmark = [pytest.mark.slow, pytest.mark.flow, pytest.mark.server]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_table_has_a_weekly_benchmark_with_a_trigger_and_a_watcher():
@@ -101,3 +103,81 @@ def test_served_deployments_schedules_event_and_triggered_run(prefect_server, sy
         log.close()
     board = cnn_rows(pd.read_csv(out / "leaderboard.csv"))
     assert list(board["model"]) == ["VGG16"] and list(board["status"]) == ["ok"]
+
+
+YAML_DEFAULTS = ["--preset", "paper", "--cluster", "tcp://dask-scheduler:8786",
+                 "--source", "ieee8023=/data/covid-chestxray-dataset",
+                 "--source", "rsna=/data/rsna-pneumonia-detection-challenge",
+                 "--out", "s3://covid/benchmark", "--pool", "covid-process", "--workdir", "/app"]
+
+
+def yaml_of(args: list[str]) -> str:
+    done = subprocess.run([sys.executable, "-m", "deployments.deploy", "yaml", *args],
+                          capture_output=True, text=True, timeout=120, check=True)
+    return done.stdout
+
+
+def test_prefect_yaml_is_what_the_table_gives():
+    """The committed prefect.yaml is generated from the table (README's defaults): the two
+    cannot drift apart."""
+    import yaml
+
+    committed = (ROOT / "prefect.yaml").read_text()
+    assert committed == yaml_of(YAML_DEFAULTS), (
+        "prefect.yaml is stale: regenerate it with `python -m deployments.deploy yaml "
+        + " ".join(YAML_DEFAULTS) + " > prefect.yaml`")
+    specs = {s.name: s for s in table(
+        ["ieee8023=/data/covid-chestxray-dataset", "rsna=/data/rsna-pneumonia-detection-challenge"],
+        "s3://covid/benchmark", "paper", "tcp://dask-scheduler:8786", None, "0 3 * * 1", 300)}
+    deployments = {d["name"]: d for d in yaml.safe_load(committed)["deployments"]}
+    assert set(deployments) == set(specs)
+    for name, spec in specs.items():
+        assert deployments[name]["parameters"] == spec.parameters
+        assert deployments[name]["entrypoint"] == spec.entrypoint
+
+
+def test_prefect_deploy_all_creates_both_deployments(prefect_server, tmp_path):
+    """`prefect deploy --all` with a generated prefect.yaml, against a real server: both
+    deployments, their schedules, the benchmark's event trigger (an automation) and its
+    parameters."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    pool = f"pool-{tmp_path.name[-8:]}"
+    args = ["--preset", "smoke", "--source", "rsna=/data/rsna", "--out", str(tmp_path / "out"),
+            "--pool", pool, "--workdir", str(ROOT), "--cron", "0 4 * * 2",
+            "--watch-seconds", "600"]
+    prefect_file = tmp_path / "prefect.yaml"
+    prefect_file.write_text(yaml_of(args))
+    env = {**os.environ, "PREFECT_API_URL": prefect_server}
+    prefect = [str(Path(sys.executable).with_name("prefect")), "--no-prompt"]
+    for cmd in (["work-pool", "create", pool, "--type", "process"],
+                ["deploy", "--all", "--prefect-file", str(prefect_file)]):
+        done = subprocess.run(prefect + cmd, env=env, cwd=ROOT, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    specs = {s.name: s for s in table(["rsna=/data/rsna"], str(tmp_path / "out"), "smoke",
+                                      "local", None, "0 4 * * 2", 600)}
+    with temporary_settings({PREFECT_API_URL: prefect_server}), \
+            get_client(sync_client=True) as client:
+        found = {d.name: d for d in client.read_deployments(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(
+                any_=list(specs)))) if d.work_pool_name == pool}
+        assert set(found) == set(specs)
+        bench, watcher = found["covid-benchmark"], found["dataset-watcher"]
+        assert [s.schedule.cron for s in bench.schedules] == ["0 4 * * 2"]
+        assert [s.schedule.interval.total_seconds() for s in watcher.schedules] == [600]
+        assert bench.parameters == specs["covid-benchmark"].parameters
+        assert watcher.parameters == specs["dataset-watcher"].parameters
+        automations = [a for a in client.read_automations()
+                       if a.name == "covid-benchmark on covid.dataset.updated"
+                       and any(getattr(act, "deployment_id", None) == bench.id
+                               for act in a.actions)]
+        assert len(automations) == 1
+        trigger = automations[0].trigger
+        assert trigger.expect == {"covid.dataset.updated"}
+        action = next(a for a in automations[0].actions if a.deployment_id == bench.id)
+        assert action.parameters["triggered_by"] == "{{ event.id | string }}"
+        assert action.parameters["sources"] == "{{ event.payload.sources }}"

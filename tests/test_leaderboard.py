@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
@@ -172,3 +174,29 @@ def test_the_board_digest_does_not_depend_on_the_order_records_finished_in():
     records = [record(m, k, [0.9, 0.8, 0.2, 0.6]) for m in ("VGG16", "ResNet50") for k in (0, 1)]
     assert lb.inputs_digest(records, {}, ["VGG16", "ResNet50"], CTX) == lb.inputs_digest(
         records[::-1], {}, ["VGG16", "ResNet50"], CTX)
+
+
+def test_the_table_artifact_shows_ranking_metrics_first_rounded_status_last():
+    ctx = lb.LeaderboardContext("v", "patient", {"COVID-19": 50, "normal": 50}, "c", "t", 5,
+                                {"Strong": 96, "Weak": 96}, bootstrap_resamples=200,
+                                alpha=0.05, seed=1)
+    records, preds = synthetic_run({"Strong": 0.8, "Weak": 0.1})
+    table = lb.build(records, {"Broken": "fold 0: boom"}, ["Strong", "Weak", "Broken"], ctx,
+                     preds)
+    rows = lb.display_rows(table)
+    assert [r["model"] for r in rows] == ["Strong", "Weak", "Broken"]
+    keys = list(rows[0])
+    assert keys[:4] == ["rank", "model", "balanced accuracy", "AUC"] and keys[-1] == "status"
+    assert "border AUC (drop)" not in keys  # no control in this run
+    strong = table.iloc[0]
+    assert rows[0]["balanced accuracy"] == (
+        f"{strong['balanced_accuracy_mean']:.3f} ± {strong['balanced_accuracy_std']:.3f}; "
+        f"{strong['balanced_accuracy_pooled']:.3f} [{strong['balanced_accuracy_ci_low']:.3f}, "
+        f"{strong['balanced_accuracy_ci_high']:.3f}]")
+    for row, (_, r) in zip(rows[:2], table.iloc[:2].iterrows(), strict=True):
+        assert row["AUC"].startswith(f"{r['auc_mean']:.3f} ± {r['auc_std']:.3f}; "), row
+    for row in rows:
+        assert all(isinstance(v, str) for v in row.values())
+        assert not any(re.search(r"\d\.\d{4,}", v) for v in row.values()), row
+    assert rows[2]["rank"] == "–" and rows[2]["status"] == "failed: fold 0: boom"
+    assert rows[0]["tier"] == "✓" and rows[0]["input"] == "96"

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.flow, pytest.mark.server, pytest.mark.browser]
@@ -68,6 +69,16 @@ def test_flow_run_and_leaderboard_pages_show_every_model(prefect_server, synth_r
         assert shot.exists() and shot.stat().st_size > 10_000, f"no screenshot of {url}"
         missing = [m for m in models if m not in dom]
         assert not missing, f"{name} page {url} does not show {missing}"
+        if name == "leaderboard":  # as the Markdown shows it: ranking metrics, 3 decimals
+            from covid_pipeline.leaderboard import display_rows
+
+            table = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
+            top = display_rows(table)[0]
+            assert top["balanced accuracy"] in dom and top["AUC"] in dom
+            raw = str(table.loc[0, "balanced_accuracy_mean"])
+            assert len(raw) <= 5 or raw not in dom, f"unrounded {raw} on {url}"
+            headers = [dom.find(h) for h in ("balanced accuracy", "AUC", "status")]
+            assert -1 < headers[0] < headers[2], "ranking metrics first, status last"
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
