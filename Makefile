@@ -35,7 +35,8 @@ test-fast: lint
 # then a benchmark through it (tests/test_stack.py). CI runs it after `make test`.
 test-stack: $(VENV)/.installed
 	bash docker/ci/stack.sh up
-	COVID_STACK=1 $(BIN)/python -m pytest -p no:cacheprovider tests/test_stack.py
+	COVID_STACK=1 $(BIN)/python -m pytest -p no:cacheprovider tests/test_stack.py; \
+	  rc=$$?; bash docker/ci/stack.sh down >/dev/null 2>&1; exit $$rc
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

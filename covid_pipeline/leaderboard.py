@@ -443,14 +443,14 @@ def display_rows(df: pd.DataFrame) -> list[dict[str, str]]:
              if column in df and df[column].notna().any()}
     rows = []
     for r in df.to_dict("records"):
-        row = {"rank": "–" if _missing(r["rank"]) else str(r["rank"]), "model": r["model"],
+        row = {"rank": _whole(r["rank"]), "model": r["model"],
                "balanced accuracy": _pm(r, "balanced_accuracy"), "AUC": _pm(r, "auc"),
                "p (BA / AUC / DeLong)": " / ".join(_p(r.get(c)) for c in P_COLUMNS),
                "tier": "✓" if _true(r.get("tied_with_best")) else "",
                "sensitivity": _pm(r, "sensitivity"), "specificity": _pm(r, "specificity"),
                "F1": _pm(r, "f1")}
         row.update({label: cell(r) for label, cell in shown.items()})
-        row.update({"input": _text(r["input_size"]), "precision": _text(r.get(
+        row.update({"input": _whole(r["input_size"]), "precision": _text(r.get(
             "feature_precision")), "weights": ",".join(
             d[:12] for d in _text(r.get("weights_sha256")).split(",")),
             "status": str(r["status"])})
@@ -460,6 +460,11 @@ def display_rows(df: pd.DataFrame) -> list[dict[str, str]]:
 
 def _num(value: Any) -> str:
     return "–" if _missing(value) else f"{value:.3f}"
+
+
+def _whole(value: Any) -> str:
+    """An integer column's cell, also when a CSV read it back as float (NaN beside it)."""
+    return "–" if _missing(value) else str(int(value))
 
 
 def external_markdown(df: pd.DataFrame, ext: dict[str, Any]) -> list[str]:

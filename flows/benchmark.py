@@ -136,12 +136,13 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
             with gpu_work(), dask.annotate(priority=costs[model]):
                 fut = train_fold_task.submit(dataset_uri, model, fold, config, out)
         futures[fut] = (model, repeat, fold, control)
-    # each model's Grad-CAM panel as soon as its folds' heads are stored (beside the others)
+    # each model's Grad-CAM panel as soon as its repeat-0 heads are stored (beside the rest)
     panel_futures = {}
     for model in cfg.models if cfg.gradcam_images else ():
         with gpu_work():
             panel_futures[model] = gradcam_task.submit(dataset_uri, model, config, out, wait_for=[
-                f for f, (m, _, _, control) in futures.items() if m == model and not control])
+                f for f, (m, repeat, _, control) in futures.items()
+                if m == model and repeat == 0 and not control])  # the heads a panel reads
     records: list[dict] = []
     control_records: list[dict] = []
     failures: dict[str, str] = {}

@@ -83,13 +83,14 @@ def terminal(quiet: bool = False, console: Any = None) -> Iterator[Display | Non
 
         console = Console(stderr=True)
     show = console.is_terminal and not quiet
-    handlers = logging.getLogger().handlers  # the command line's (Prefect's lines reach them)
-    levels = [h.level for h in handlers]
+    # the command line's handlers (Prefect's lines reach them), each with its level
+    saved = [(h, h.level) for h in logging.getLogger().handlers]
+    env = {key: os.environ.get(key) for key in QUIET_ENV}
     if show or quiet:
         for key, value in QUIET_ENV.items():
             os.environ.setdefault(key, value)
-        for handler in handlers:
-            handler.setLevel(max(handler.level, logging.WARNING))
+        for handler, level in saved:
+            handler.setLevel(max(level, logging.WARNING))
     try:
         if not show:
             yield None
@@ -99,5 +100,10 @@ def terminal(quiet: bool = False, console: Any = None) -> Iterator[Display | Non
             yield _display
     finally:
         _display = None
-        for handler, level in zip(handlers, levels, strict=True):
+        for handler, level in saved:
             handler.setLevel(level)
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

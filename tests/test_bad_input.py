@@ -266,7 +266,8 @@ RUN_CASES = {
 
 
 def test_run_driver_reaches_the_tripwire_when_parameters_are_fine(good, tmp_path):
-    proc = run_cli(["run", "--preset", "smoke", *sources(good), "--out", str(tmp_path / "o")],
+    proc = run_cli(["run", "--preset", "smoke", "--weights", "none", *sources(good), "--out",
+                    str(tmp_path / "o")],
                    RUN_DRIVER)
     assert proc.returncode == 3 and "Prefect was reached" in proc.stderr
 

@@ -90,7 +90,7 @@ def test_unknown_parameters_of_a_stored_deployment_are_refused():
 
 def test_missing_weights_fail_a_deployment_run_in_one_line(prefect_api, tmp_path):
     """A run that does not come through the CLI (a deployment's) checks the weights first:
-    the flow run fails with the one-line message, logged once, no traceback in its logs."""
+    the flow run fails with the one-line message, which its logs hold, and no traceback."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.logging.handlers import APILogWorker

