@@ -436,7 +436,7 @@ def display_rows(df: pd.DataFrame) -> list[dict[str, str]]:
     optional = {
         "border AUC (drop)": ("control_auc", _control_cell),
         "Grad-CAM heat outside box": ("gradcam_outside_share",
-                                      lambda r: _num(r.get("gradcam_outside_share"))),
+                                      lambda r: fmt3(r.get("gradcam_outside_share"))),
         "external AUC": ("external_auc", lambda r: _interval(r, "external_auc")),
     }
     shown = {label: cell for label, (column, cell) in optional.items()
@@ -458,7 +458,8 @@ def display_rows(df: pd.DataFrame) -> list[dict[str, str]]:
     return rows
 
 
-def _num(value: Any) -> str:
+def fmt3(value: Any) -> str:
+    """A number cell: 3 decimals, or – when missing."""
     return "–" if _missing(value) else f"{value:.3f}"
 
 

@@ -16,12 +16,11 @@ import io
 from typing import Any
 
 import markdown
-import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from covid_pipeline import curves, layout, storage
-from covid_pipeline.leaderboard import LeaderboardContext, to_markdown, to_png
+from covid_pipeline.leaderboard import LeaderboardContext, fmt3, to_markdown, to_png
 
 TOP_ROC = 3  # models on the ROC figure
 STYLE = """
@@ -138,8 +137,8 @@ def write(table: pd.DataFrame, ctx: LeaderboardContext, records: list[dict[str, 
 def summary(table: pd.DataFrame, ctx: LeaderboardContext, uri: str) -> str:
     """The report's gist, for a Prefect markdown artifact."""
     ranked = table[table["rank"].notna()].sort_values("rank").head(5)
-    rows = [f"| {int(r['rank'])} | {r['model']} | {_num(r.get('balanced_accuracy_pooled'))} | "
-            f"{_num(r.get('auc_pooled'))} | {'✓' if _true(r.get('tied_with_best')) else ''} |"
+    rows = [f"| {int(r['rank'])} | {r['model']} | {fmt3(r.get('balanced_accuracy_pooled'))} | "
+            f"{fmt3(r.get('auc_pooled'))} | {'✓' if _true(r.get('tied_with_best')) else ''} |"
             for r in ranked.to_dict("records")]
     warnings = [f"> **Warning:** {w}." for w in ctx.warnings]
     return "\n".join([f"# Benchmark report, dataset `{ctx.dataset_version}`", "", *warnings, "",
@@ -149,8 +148,3 @@ def summary(table: pd.DataFrame, ctx: LeaderboardContext, uri: str) -> str:
 
 def _true(value: Any) -> bool:
     return not pd.isna(value) and bool(value)
-
-
-def _num(value: Any) -> str:
-    return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else \
-        f"{value:.3f}"
