@@ -112,6 +112,28 @@ def check_one_thread_per_worker(address: str, workers: dict[str, dict[str, Any]]
             "`dask worker ... --nthreads 1` (more processes for more parallelism)")
 
 
+def home_workers(costs: dict[str, float], workers: dict[str, dict[str, Any]], gpu: bool
+                 ) -> dict[str, str]:
+    """Each model's home worker (address), where its backbone work goes (its extraction,
+    its control's, its Grad-CAM panel): the worker keeps the built backbone between those
+    tasks and, on a standing cluster, between runs (:mod:`covid_pipeline.backbone_cache`).
+
+    Models, heaviest first, each onto the least loaded eligible worker (those advertising
+    a GPU when ``gpu``; ties by address), so the same models and workers give the same
+    homes run after run, and scaling every cost (a grown data set) changes none."""
+    eligible = sorted(a for a, info in workers.items()
+                      if not gpu or float(info.get("resources", {}).get("GPU", 0)) >= 1)
+    load = dict.fromkeys(eligible, 0.0)
+    homes: dict[str, str] = {}
+    for model in sorted(costs, key=lambda m: (-costs[m], m)):
+        if not load:
+            break
+        home = min(load, key=lambda a: (load[a], a))
+        homes[model] = home
+        load[home] += costs[model]
+    return homes
+
+
 def size(spec: ClusterSpec) -> tuple[int, int]:
     """(workers, GPUs) the spec gives: read from the scheduler for an address."""
     if spec.address:

@@ -21,8 +21,11 @@ import hashlib
 import io
 import json
 import logging
+import os
 import posixpath
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,13 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from covid_pipeline import backbones, layout, storage, zoo
-from covid_pipeline.augment import resize, rotated_inputs, view_angles
+from covid_pipeline import backbone_cache, layout, storage, zoo
+from covid_pipeline.augment import resize, view_angles
 from covid_pipeline.config import BenchmarkConfig
 from covid_pipeline.control import blackout
 from covid_pipeline.shards import DatasetInfo, iter_splits, load_dataset, read_parquet
 from covid_pipeline.tfsetup import backbone_precision, configure_tensorflow
-from covid_pipeline.weights import backbone_weights, weights_digest
+from covid_pipeline.weights import weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -136,14 +139,39 @@ def stored_views(root: str, width: int) -> dict[str, int]:
     return out
 
 
-def read_features(root: str, shas: list[str]) -> dict[str, np.ndarray]:
+def read_features(root: str, shas: list[str], keep: bool = False) -> dict[str, np.ndarray]:
     """The cached feature arrays of ``shas`` that exist (missing ones are left out).
+
+    ``keep``: through this process's memory of feature files (:class:`KeptFeatures`): one
+    listing of ``root``, then only files this process has not read at their listed size
+    are fetched (a head task reads every image of its model, fold after fold and run after
+    run). Arrays from memory are read-only.
 
     Files are fetched by a thread pool but decoded in this thread: ``np.load`` parses the
     header with ``ast``, which CPython 3.11 does not allow from several threads at once
     ("AST constructor recursion depth mismatch").
     """
+    if not keep or KEPT.limit() == 0:
+        return _fetch_features(root, shas)
+    sizes = storage.file_sizes(root)
+    out, todo = {}, []
+    for sha in shas:
+        size = sizes.get(layout.feature_relpath(sha))
+        if size is None:
+            continue  # missing, as for a fetch
+        arr = KEPT.get(feature_uri(root, sha), size)
+        if arr is None:
+            todo.append(sha)
+        else:
+            out[sha] = arr
+    for sha, arr in _fetch_features(root, todo).items():
+        arr.flags.writeable = False
+        KEPT.put(feature_uri(root, sha), sizes[layout.feature_relpath(sha)], arr)
+        out[sha] = arr
+    return out
 
+
+def _fetch_features(root: str, shas: list[str]) -> dict[str, np.ndarray]:
     def fetch(sha: str) -> bytes | None:
         try:
             return storage.read_bytes(feature_uri(root, sha))
@@ -161,6 +189,67 @@ def read_features(root: str, shas: list[str]) -> dict[str, np.ndarray]:
                 log.warning("%s: unreadable feature file; delete it and the next extraction "
                             "recomputes it", feature_uri(root, sha))
     return out
+
+
+class KeptFeatures:
+    """Feature files a process has read, by URI and size, the least recently used dropped
+    first beyond ``COVID_PIPELINE_FEATURE_MEMORY_MB`` (default 512; 0 keeps none).
+
+    A feature file is content-addressed (the image's sha256 under the settings' hash) and
+    only ever rewritten with more views, so a file listed at the size it was read at holds
+    the same array."""
+
+    ENV = "COVID_PIPELINE_FEATURE_MEMORY_MB"
+    DEFAULT_MB = 512
+
+    def __init__(self) -> None:
+        self._arrays: OrderedDict[str, tuple[int, np.ndarray]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def limit(self) -> int:
+        """The bound in bytes."""
+        text = os.environ.get(self.ENV, "").strip()
+        try:
+            mb = float(text) if text else self.DEFAULT_MB
+        except ValueError:
+            raise ValueError(f"{self.ENV}={text!r}: give a number of MB (0 keeps no "
+                             "features in memory)") from None
+        return max(0, int(mb * 2**20))
+
+    def get(self, uri: str, size: int) -> np.ndarray | None:
+        with self._lock:
+            entry = self._arrays.get(uri)
+            if entry is None or entry[0] != size:
+                return None
+            self._arrays.move_to_end(uri)
+            return entry[1]
+
+    def put(self, uri: str, size: int, arr: np.ndarray) -> None:
+        limit = self.limit()
+        with self._lock:
+            old = self._arrays.pop(uri, None)
+            if old is not None:
+                self._bytes -= old[1].nbytes
+            if arr.nbytes > limit:
+                return
+            self._arrays[uri] = (size, arr)
+            self._bytes += arr.nbytes
+            while self._bytes > limit:
+                _, (_, dropped) = self._arrays.popitem(last=False)
+                self._bytes -= dropped.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._arrays.clear()
+            self._bytes = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+
+KEPT = KeptFeatures()
 
 
 def needed_views(cfg: BenchmarkConfig) -> int:
@@ -199,34 +288,27 @@ def extract_features(dataset_uri: str, model: str, cfg: BenchmarkConfig, out: st
              **source.as_dict()}
     if not todo:
         return stats  # nothing to compute: Keras (seconds to import) is never loaded
-    import keras
-
     configure_tensorflow()
     t0 = time.perf_counter()
-    spec = zoo.get(model)
-    size = cfg.input_size or spec.input_size
-    keras.utils.set_random_seed(cfg.seed)
-    keras.mixed_precision.set_global_policy(precision)
+    size = cfg.input_size or zoo.get(model).input_size
     wanted = set(todo)
     try:
-        backbone = backbones.build_backbone(spec, backbone_weights(spec, cfg),
-                                            input_size=size, seed=cfg.seed)
-        forward = feature_function(backbone, backbones.preprocess_fn(spec),
-                                   jit=precision != "float32")
-        # EXTRACT_CHUNK images at a time (memory bounded whatever N), one batch size for
-        # all chunks (one trace)
-        batch = min(cfg.extract_batch_size, len(todo) * (views + 1))
+        # the worker's kept backbone of this model (the full images' and the control's):
+        # built and traced once per process
+        forward = backbone_cache.backbone(model, cfg, precision).forward
+        # EXTRACT_CHUNK images at a time (memory bounded whatever N), every batch of the
+        # config's size (padded), as in every run: one trace
         for images, shas in wanted_chunks(info, wanted, EXTRACT_CHUNK):
             if control:
                 images = blackout(images, cfg.control_box)
-            feats = backbone_features(forward, images, shas, cfg, size, views, batch)
+            feats = backbone_features(forward, images, shas, cfg, size, views,
+                                      cfg.extract_batch_size)
             with ThreadPoolExecutor(max_workers=8) as pool:
                 list(pool.map(lambda sha, arr: write_unless_richer(feature_uri(root, sha),
                                                                    encode_features(arr)),
                               shas, feats))
     finally:
-        keras.mixed_precision.set_global_policy("float32")
-        keras.backend.clear_session()
+        backbone_cache.end_of_task()
     stats["backbone_passes"] = len(todo) * (views + 1)
     stats["seconds"] = time.perf_counter() - t0
     return stats
@@ -254,29 +336,6 @@ def wanted_chunks(info: DatasetInfo, wanted: set[str], chunk: int
                 images, shas = [], []
     if shas:
         yield np.stack(images), shas
-
-
-def feature_function(backbone, preprocess, jit: bool = False):
-    """The compiled forward pass: resized grey batch + angles → pooled float32 features.
-
-    ``jit`` compiles the backbone with XLA (worth it on GPUs, not on CPUs); the rotation
-    stays outside the XLA cluster, as XLA has no kernel for ImageProjectiveTransformV3
-    (TensorFlow 2.21). Autograph is off: the pass has no data-dependent Python control
-    flow, and converting the backbone's call costs ~0.5 s of tracing per model (ResNet50).
-    """
-    import tensorflow as tf
-
-    def run_backbone(x):
-        return backbone(x, training=False)
-
-    if jit:
-        run_backbone = tf.function(run_backbone, jit_compile=True, autograph=False)
-
-    @tf.function(autograph=False)
-    def forward(batch, angles):
-        return tf.cast(run_backbone(rotated_inputs(batch, angles, preprocess)), tf.float32)
-
-    return forward
 
 
 def resize_all(images: np.ndarray, size: int, step: int) -> np.ndarray:

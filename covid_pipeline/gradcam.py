@@ -4,7 +4,10 @@ convolutional feature map (the input of its global pooling), through the head.
 
 The backbone is nested in the exported model, so its feature map is reached by a model
 over the backbone's own graph: ``(backbone input) → (feature map, pooled features)``; the
-head then runs on the pooled features inside the same gradient tape.
+head then runs on the pooled features inside the same gradient tape. A benchmark panel
+takes the feature maps from the worker's kept backbone (:mod:`backbone_cache`) and the
+channel weights from the head alone (:func:`pooled_heatmaps`: the same maps, no gradient
+through the backbone, no model to build).
 
 Keras and TensorFlow are imported inside the functions that run a model.
 """
@@ -19,9 +22,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from covid_pipeline import imaging, layout, storage
+from covid_pipeline import backbone_cache, imaging, layout, storage, zoo
 from covid_pipeline.control import box_bounds
-from covid_pipeline.export import build_model, input_layer
+from covid_pipeline.export import input_layer
+from covid_pipeline.features import resize_all
+from covid_pipeline.head import build_head
 from covid_pipeline.shards import load_dataset, read_parquet
 
 
@@ -51,9 +56,30 @@ def heatmaps(net: Any, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         score = head(pooled, training=False)[:, 1]
     grads = tape.gradient(score, maps)
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-    cam = tf.nn.relu(tf.reduce_sum(weights * maps, axis=-1)).numpy()
+    return normalised(tf.nn.relu(tf.reduce_sum(weights * maps, axis=-1)).numpy()), score.numpy()
+
+
+def pooled_heatmaps(maps: np.ndarray, head: Any) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`heatmaps` from the last feature maps ([B, h, w, C], float32) of a backbone
+    whose output is their global average: the pooled features are their mean, and the
+    gradient of the score with respect to each map position is 1/(h w) of its gradient
+    with respect to the pooled features, so the channel weights (the gradient's spatial
+    mean) need the head's gradient alone, not a pass back through the backbone."""
+    import tensorflow as tf
+
+    pooled = tf.constant(maps.mean(axis=(1, 2)))
+    with tf.GradientTape() as tape:
+        tape.watch(pooled)
+        score = head(pooled, training=False)[:, 1]
+    weights = tape.gradient(score, pooled).numpy() / (maps.shape[1] * maps.shape[2])
+    cam = np.maximum(np.einsum("bhwc,bc->bhw", maps, weights), 0.0)
+    return normalised(cam), score.numpy()
+
+
+def normalised(cam: np.ndarray) -> np.ndarray:
+    """Each map divided by its peak (all zero where there is no positive evidence)."""
     peak = cam.reshape(len(cam), -1).max(axis=1).reshape(-1, 1, 1)
-    return np.where(peak > 0, cam / np.where(peak > 0, peak, 1), 0.0), score.numpy()
+    return np.where(peak > 0, cam / np.where(peak > 0, peak, 1), 0.0)
 
 
 def upsample(cam: np.ndarray, size: int) -> np.ndarray:
@@ -178,14 +204,20 @@ def model_panel(dataset_uri: str, model: str, cfg, out: str) -> dict:
                                          rows.column("png").to_pylist(), strict=True):
                     if str(image_id) in wanted:
                         pixels[str(image_id)] = imaging.decode_png(png)
-    net = build_model(cfg, model, info.image_size, next(iter(heads.values())))
-    _, _, head = parts(net)
-    # one batch per fold (its head's weights set once); maps are per image, whatever the batch
+    # the feature maps of every chosen image in one pass of the worker's kept backbone (the
+    # un-rotated view, float32), then each fold's head on its images' maps
+    spec = zoo.get(model)
+    size = cfg.input_size or spec.input_size
+    kept = backbone_cache.backbone(model, cfg, "float32")
+    batch = np.stack([pixels[str(i)] for i in chosen["image_id"]])[..., None]
+    maps = backbone_cache.run_padded(kept.maps, resize_all(batch, size, len(batch)),
+                                     max(cfg.gradcam_images, len(batch)))
+    head = build_head(cfg)  # its own: the worker's compiled training head is not touched
+    head.build((None, maps.shape[-1]))
     cam_of: dict[int, tuple[np.ndarray, float]] = {}
     for fold, rows in chosen.groupby("fold", sort=True):
         head.set_weights(heads[int(fold)])
-        batch = np.stack([pixels[str(i)] for i in rows["image_id"]])[..., None]
-        fold_cams, fold_scores = heatmaps(net, batch)
+        fold_cams, fold_scores = pooled_heatmaps(maps[rows.index.to_numpy()], head)
         cam_of.update({int(i): (c, float(p)) for i, c, p in zip(rows.index, fold_cams,
                                                                 fold_scores, strict=True)})
     images, cams, titles, shares = [], [], [], []
@@ -201,7 +233,7 @@ def model_panel(dataset_uri: str, model: str, cfg, out: str) -> dict:
                       f"{row.fold}\noutside box {share:.0%}" if share is not None else
                       f"{row.image_id}\n{truth}, p={score:.2f} ({verdict})")
         shares.append(share)
-    __import__("keras").backend.clear_session()
+    backbone_cache.end_of_task()
     known = [s for s in shares if s is not None]
     summary = {"model": model, "key": key, "images": [str(i) for i in chosen["image_id"]],
                "outside_share": float(np.mean(known)) if known else None,

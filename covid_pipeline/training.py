@@ -20,14 +20,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from covid_pipeline import backbones, layout, storage, zoo
+from covid_pipeline import backbone_cache, layout, storage, zoo
 from covid_pipeline import control as controls
 from covid_pipeline.augment import view_angles
 from covid_pipeline.config import BenchmarkConfig
 from covid_pipeline.features import (
     FeatureSource,
     epoch_view,
-    feature_function,
     feature_source,
     needed_views,
     read_features,
@@ -46,7 +45,7 @@ from covid_pipeline.shards import (
     read_parquet,
 )
 from covid_pipeline.tfsetup import configure_tensorflow
-from covid_pipeline.weights import backbone_weights, weights_digest
+from covid_pipeline.weights import weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +75,7 @@ def cached_features(root: str, shas: list[str], views: int, model: str
     """The cached features of every sha (views 0..``views``, [views + 1, D] each), or a
     one-line error saying how many are missing and where."""
     # files may hold more views than this run needs (an earlier run's): keep what it uses
-    feats = {sha: arr[: views + 1] for sha, arr in read_features(root, shas).items()
+    feats = {sha: arr[: views + 1] for sha, arr in read_features(root, shas, keep=True).items()
              if arr.shape[0] > views}
     if len(feats) < len(set(shas)):
         raise RuntimeError(f"{len(set(shas)) - len(feats)} of {len(set(shas))} images have no "
@@ -138,7 +137,6 @@ def train_online(info: DatasetInfo, model: str, fold: int, cfg: BenchmarkConfig)
     then the head trains on them batch by batch exactly as on the whole model. They are
     held in memory: train images x epochs x width floats (~0.3 GB at the paper's scale).
     """
-    import keras
 
     spec = zoo.get(model)
     size = cfg.input_size or spec.input_size
@@ -146,20 +144,20 @@ def train_online(info: DatasetInfo, model: str, fold: int, cfg: BenchmarkConfig)
     test = load_split(info, [fold])
     t0 = time.perf_counter()
     n, epochs, bs = len(train), cfg.epochs, cfg.extract_batch_size
-    keras.utils.set_random_seed(cfg.seed)
     try:
-        backbone = backbones.build_backbone(spec, backbone_weights(spec, cfg),
-                                            input_size=size, seed=cfg.seed)
-        forward = feature_function(backbone, backbones.preprocess_fn(spec))
+        # the worker's kept backbone (built and traced once per process), full batches
+        forward = backbone_cache.backbone(model, cfg, ONLINE_PRECISION).forward
         rows = np.tile(np.arange(n), epochs)
         angles = np.concatenate([view_angles(cfg.seed, train.shas, e + 1,
                                              cfg.rotation_degrees)
                                  for e in range(epochs)]) if n else np.zeros(0, np.float32)
-        x_train = run_backbone(forward, resize_all(train.images, size, bs), rows, angles, bs)
+        x_train = run_backbone(forward, resize_all(train.images, size, bs), rows, angles, bs,
+                               exact=True)
         x_test = run_backbone(forward, resize_all(test.images, size, bs),
-                              np.arange(len(test)), np.zeros(len(test), np.float32), bs)
+                              np.arange(len(test)), np.zeros(len(test), np.float32), bs,
+                              exact=True)
     finally:
-        keras.backend.clear_session()  # the backbone; the cached head stays usable
+        backbone_cache.end_of_task()  # the kept backbone and the cached head stay usable
     x_train = x_train.reshape(epochs, n, -1).transpose(1, 0, 2)
     backbone_s = time.perf_counter() - t0
     fit = train_head(cfg, fold, x_train, train.labels, np.arange(epochs), x_test,

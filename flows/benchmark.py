@@ -14,6 +14,7 @@ from typing import Any
 import dask
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
@@ -100,6 +101,15 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
 
     # Dask priority = expected GMACs (a float: higher runs first, small data sets keep order)
     costs = {m: expected_cost(m, cfg, n_images) for m in cfg.models}
+    homes = clusters.home_workers(costs, dask_workers(), gpu)
+
+    def at_home(model: str) -> contextlib.AbstractContextManager:
+        """The model's backbone work on its home worker, which keeps the built backbone
+        (another worker may still take it: loose restrictions)."""
+        if model not in homes:
+            return contextlib.nullcontext()
+        return dask.annotate(workers=[homes[model]], allow_other_workers=True)
+
     t0 = time.perf_counter()
     extract: dict[tuple[str, bool], Any] = {}
     cached = cfg.mode == "cached" or external_uri is not None
@@ -107,8 +117,10 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
                                  | {(m, True) for m in controlled},
                                  key=lambda mc: (mc[1], -costs[mc[0]])):
         name = f"extract-{model}-control" if control else f"extract-{model}"
-        cost = expected_cost(model, cfg, n_images, control)
-        with gpu_work(), dask.annotate(priority=cost):
+        # a control at its model's priority: right after the model's own extraction on the
+        # same worker, while that worker still keeps the backbone
+        cost = costs[model] if cached else expected_cost(model, cfg, n_images, control)
+        with gpu_work(), at_home(model), dask.annotate(priority=cost):
             extract[model, control] = extract_features_task.with_options(
                 task_run_name=name).submit(dataset_uri, model, config, out, control=control)
     external: dict[Any, str] = {}
@@ -139,7 +151,7 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
     # each model's Grad-CAM panel as soon as its repeat-0 heads are stored (beside the rest)
     panel_futures = {}
     for model in cfg.models if cfg.gradcam_images else ():
-        with gpu_work():
+        with gpu_work(), at_home(model):
             panel_futures[model] = gradcam_task.submit(dataset_uri, model, config, out, wait_for=[
                 f for f, (m, repeat, _, control) in futures.items()
                 if m == model and repeat == 0 and not control])  # the heads a panel reads
@@ -197,6 +209,15 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
             "external": {"records": external_records, "failures": external_failures},
             "gradcam": {"panels": panels, "failures": panel_failures},
             "wall_seconds": wall}
+
+
+def dask_workers() -> dict[str, dict[str, Any]]:
+    """The workers of this flow run's Dask cluster (address → info), or none for a thread
+    pool runner."""
+    runner = FlowRunContext.get().task_runner
+    if not isinstance(runner, DaskTaskRunner):
+        return {}
+    return runner.client.scheduler_info(n_workers=-1)["workers"]
 
 
 def gradcam_panels(futures: dict[str, Any], failures: dict[str, str]) -> tuple[dict, dict]:

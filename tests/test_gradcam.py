@@ -9,11 +9,14 @@ from covid_pipeline.config import resolve_config
 from covid_pipeline.synth import chest_image
 
 
+CFG = resolve_config("smoke", weights="none", input_size=64)
+
+
 @pytest.fixture(scope="module")
 def net():
     from covid_pipeline import export
 
-    cfg = resolve_config("smoke", weights="none", input_size=64)
+    cfg = CFG
     rng = np.random.default_rng(0)
     head = [rng.normal(0, 0.1, (512, 64)).astype("float32"), np.zeros(64, "float32"),
             rng.normal(0, 0.3, (64, 2)).astype("float32"), np.zeros(2, "float32")]
@@ -41,6 +44,35 @@ def test_heat_maps_are_not_constant_and_follow_the_image(net):
     np.testing.assert_allclose(same[0], cams[0], atol=1e-5)  # per image, not per batch
     png = gradcam.panel_png([images[0, ..., 0], images[1, ..., 0]], list(cams), ["a", "b"])
     assert png[:4] == b"\x89PNG"
+
+
+def test_the_panels_path_gives_the_exported_models_heat_maps(net):
+    """A panel's maps come from the worker's kept backbone (the extraction's pass, un-rotated
+    view) and its channel weights from the head alone; the reference is the keras.io method
+    on the exported model (gradient through the nested backbone's graph)."""
+    import keras
+
+    from covid_pipeline import backbone_cache, gradcam
+    from covid_pipeline.features import resize_all
+
+    images = np.stack([radiograph(s, s % 2 == 0) for s in range(3, 8)])[..., None]
+    want_cams, want_scores = gradcam.heatmaps(net, images)
+    pipeline, backbone, head = gradcam.parts(net)
+    to_maps = keras.Model(backbone.inputs, backbone.layers[-1].input)
+    maps = to_maps(pipeline(images.astype("float32"))).numpy()
+    cams, scores = gradcam.pooled_heatmaps(maps, head)
+    np.testing.assert_allclose(cams, want_cams, atol=1e-5)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-6)
+
+    backbone_cache.forget()
+    kept = backbone_cache.backbone("VGG16", CFG, "float32")
+    kept_maps = backbone_cache.run_padded(kept.maps, resize_all(images, 64, 8), 8)
+    np.testing.assert_allclose(kept_maps, maps, rtol=1e-4, atol=1e-4 * np.abs(maps).max())
+    cams, scores = gradcam.pooled_heatmaps(kept_maps, head)
+    np.testing.assert_allclose(cams, want_cams, atol=1e-3)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+    assert np.ptp(want_cams) > 0.1 and np.abs(want_cams[0] - want_cams[1]).max() > 0.05
+    backbone_cache.forget()
 
 
 def test_outside_share_is_the_mass_outside_the_controls_central_box():

@@ -218,13 +218,18 @@ def test_build_every_model(name: str, fresh_keras) -> None:
     assert model.output_shape == (None, zoo.feature_width(spec))
     # The extraction path itself: grey images, rotation, the model's preprocessing, the
     # backbone, traced as in extract_features (autograph off).
-    from covid_pipeline.features import feature_function
+    from covid_pipeline.backbone_cache import feature_function, maps_function
 
     forward = feature_function(model, backbones.preprocess_fn(spec))
     grey = np.random.default_rng(0).uniform(0, 255, (2, size, size, 1)).astype("float32")
     feats = forward(grey, np.array([0.0, 0.5], np.float32)).numpy()
     assert feats.shape == (2, zoo.feature_width(spec)) and feats.dtype == np.float32
     assert np.isfinite(feats).all()
+    # Grad-CAM's panel path: the un-rotated view's last feature map, whose spatial mean is
+    # the pooled features (what gradcam.pooled_heatmaps relies on)
+    maps = maps_function(model, backbones.preprocess_fn(spec))(grey).numpy()
+    assert maps.ndim == 4 and maps.shape[-1] == zoo.feature_width(spec)
+    np.testing.assert_allclose(maps[:1].mean(axis=(1, 2)), feats[:1], rtol=1e-4, atol=1e-5)
 
 
 class _Requested(Exception):

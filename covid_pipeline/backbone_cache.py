@@ -1,0 +1,160 @@
+"""Built backbones that a worker process keeps between tasks, with their compiled passes.
+
+A model's extraction, its border-only control's extraction and its Grad-CAM panel all run
+the same frozen backbone; a re-run after a data update runs them on a handful of images.
+Building ResNet50 and tracing its pass cost ~2 s, the pass on five images ~0.1 s: a
+worker keeps what it built, keyed by everything that decides the backbone's function
+(model, input size, weights' digest, seed, precision), so later tasks pay neither again.
+
+``COVID_PIPELINE_BACKBONES`` backbones per process (default 2; 0 keeps none), the least
+recently used dropped first. A GPU worker keeps their weights in GPU memory meanwhile (at
+most a few hundred MB each); a task's ``clear_session()`` does not drop them. The flow
+sends a model's backbone tasks to one home worker (:func:`cluster.home_workers`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from covid_pipeline import backbones, zoo
+from covid_pipeline.augment import rotated_inputs
+from covid_pipeline.config import BenchmarkConfig
+from covid_pipeline.weights import backbone_weights, weights_digest
+
+ENV = "COVID_PIPELINE_BACKBONES"
+DEFAULT_KEPT = 2
+
+
+@dataclass
+class Backbone:
+    """A built backbone and its compiled passes, each traced once per batch shape."""
+
+    model: Any  # keras.Model: preprocessed RGB batch → pooled features
+    forward: Callable  # (resized grey batch, angles) → pooled float32 features
+    maps: Callable  # resized grey batch → float32 last feature map (the pooling's input)
+
+
+_KEPT: OrderedDict[tuple, Backbone] = OrderedDict()
+_LOCK = threading.Lock()
+
+
+def kept_limit() -> int:
+    """How many backbones a process keeps (``COVID_PIPELINE_BACKBONES``, default 2)."""
+    text = os.environ.get(ENV, "").strip()
+    try:
+        return max(0, int(text)) if text else DEFAULT_KEPT
+    except ValueError:
+        raise ValueError(f"{ENV}={text!r}: give a whole number of backbones (0 keeps "
+                         "none)") from None
+
+
+def backbone(model: str, cfg: BenchmarkConfig, precision: str) -> Backbone:
+    """``model``'s backbone under ``cfg`` and ``precision`` (a Keras mixed-precision
+    policy): the one this process kept, or a new one (kept unless the limit is 0)."""
+    spec = zoo.get(model)
+    size = cfg.input_size or spec.input_size
+    key = (spec.name, size, weights_digest(spec, cfg), cfg.seed, precision)
+    with _LOCK:
+        if key in _KEPT:
+            _KEPT.move_to_end(key)
+            return _KEPT[key]
+        built = _build(spec, cfg, size, precision)
+        limit = kept_limit()
+        if limit:
+            _KEPT[key] = built
+            while len(_KEPT) > limit:
+                _KEPT.popitem(last=False)
+        return built
+
+
+def end_of_task() -> None:
+    """What a task that ran a backbone does last: Keras' ``clear_session``, with its full
+    garbage collection (~0.2 s) only when this process keeps no backbone (the kept ones
+    hold the memory it would free)."""
+    import keras
+
+    keras.backend.clear_session(free_memory=kept_limit() == 0)
+
+
+def forget() -> None:
+    """Drop every kept backbone (their memory is freed by the next ``clear_session``)."""
+    with _LOCK:
+        _KEPT.clear()
+
+
+def kept() -> list[tuple]:
+    """The keys of the kept backbones, least recently used first."""
+    with _LOCK:
+        return list(_KEPT)
+
+
+def _build(spec: zoo.ModelSpec, cfg: BenchmarkConfig, size: int, precision: str) -> Backbone:
+    import keras
+
+    keras.utils.set_random_seed(cfg.seed)
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        model = backbones.build_backbone(spec, backbone_weights(spec, cfg), input_size=size,
+                                         seed=cfg.seed)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    preprocess = backbones.preprocess_fn(spec)
+    return Backbone(model, feature_function(model, preprocess, jit=precision != "float32"),
+                    maps_function(model, preprocess))
+
+
+def feature_function(model, preprocess, jit: bool = False):
+    """The compiled forward pass: resized grey batch + angles → pooled float32 features.
+
+    ``jit`` compiles the backbone with XLA (worth it on GPUs, not on CPUs); the rotation
+    stays outside the XLA cluster, as XLA has no kernel for ImageProjectiveTransformV3
+    (TensorFlow 2.21). Autograph is off: the pass has no data-dependent Python control
+    flow, and converting the backbone's call costs ~0.5 s of tracing per model (ResNet50).
+    """
+    import tensorflow as tf
+
+    def run_backbone(x):
+        return model(x, training=False)
+
+    if jit:
+        run_backbone = tf.function(run_backbone, jit_compile=True, autograph=False)
+
+    @tf.function(autograph=False)
+    def forward(batch, angles):
+        return tf.cast(run_backbone(rotated_inputs(batch, angles, preprocess)), tf.float32)
+
+    return forward
+
+
+def maps_function(model, preprocess):
+    """The compiled pass to the last feature map (the input of the backbone's global
+    average pooling, its last layer) of the un-rotated view: what Grad-CAM weighs."""
+    import keras
+    import tensorflow as tf
+
+    to_maps = keras.Model(model.inputs, model.layers[-1].input)
+
+    @tf.function(autograph=False)
+    def maps(batch):
+        angles = tf.zeros(tf.shape(batch)[:1], tf.float32)
+        return tf.cast(to_maps(rotated_inputs(batch, angles, preprocess), training=False),
+                       tf.float32)
+
+    return maps
+
+
+def run_padded(fn: Callable, batch: np.ndarray, size: int) -> np.ndarray:
+    """``fn`` on ``batch`` padded to ``size`` rows (one trace for every call), unpadded."""
+    import tensorflow as tf
+
+    k = len(batch)
+    if k < size:
+        batch = np.concatenate([batch, np.zeros((size - k, *batch.shape[1:]), batch.dtype)])
+    return fn(tf.constant(batch)).numpy()[:k]
