@@ -21,8 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from covid_pipeline import backbones, zoo
 from covid_pipeline.augment import rotated_inputs
 from covid_pipeline.config import BenchmarkConfig
@@ -34,11 +32,12 @@ DEFAULT_KEPT = 2
 
 @dataclass
 class Backbone:
-    """A built backbone and its compiled passes, each traced once per batch shape."""
+    """A built backbone and its compiled passes, each traced once."""
 
     model: Any  # keras.Model: preprocessed RGB batch → pooled features
     forward: Callable  # (resized grey batch, angles) → pooled float32 features
     maps: Callable  # resized grey batch → float32 last feature map (the pooling's input)
+    jit: bool  # forward compiled by XLA: once per batch shape (pad to one size)
 
 
 _KEPT: OrderedDict[tuple, Backbone] = OrderedDict()
@@ -106,17 +105,22 @@ def _build(spec: zoo.ModelSpec, cfg: BenchmarkConfig, size: int, precision: str)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     preprocess = backbones.preprocess_fn(spec)
-    return Backbone(model, feature_function(model, preprocess, jit=precision != "float32"),
-                    maps_function(model, preprocess))
+    jit = precision != "float32"
+    return Backbone(model, feature_function(model, preprocess, jit), maps_function(model,
+                                                                                   preprocess),
+                    jit)
 
 
 def feature_function(model, preprocess, jit: bool = False):
     """The compiled forward pass: resized grey batch + angles → pooled float32 features.
 
-    ``jit`` compiles the backbone with XLA (worth it on GPUs, not on CPUs); the rotation
-    stays outside the XLA cluster, as XLA has no kernel for ImageProjectiveTransformV3
-    (TensorFlow 2.21). Autograph is off: the pass has no data-dependent Python control
-    flow, and converting the backbone's call costs ~0.5 s of tracing per model (ResNet50).
+    Traced once for every batch size (the batch dimension is left unknown), so a re-run's
+    few new images need neither a trace nor padding. ``jit`` compiles the backbone with XLA
+    (worth it on GPUs, not on CPUs), which compiles once per batch shape: callers then pad
+    to one size (:attr:`Backbone.jit`). The rotation stays outside the XLA cluster, as XLA
+    has no kernel for ImageProjectiveTransformV3 (TensorFlow 2.21). Autograph is off: the
+    pass has no data-dependent Python control flow, and converting the backbone's call
+    costs ~0.5 s of tracing per model (ResNet50).
     """
     import tensorflow as tf
 
@@ -126,7 +130,8 @@ def feature_function(model, preprocess, jit: bool = False):
     if jit:
         run_backbone = tf.function(run_backbone, jit_compile=True, autograph=False)
 
-    @tf.function(autograph=False)
+    @tf.function(autograph=False, input_signature=[grey_batch_spec(model),
+                                                   tf.TensorSpec([None], tf.float32)])
     def forward(batch, angles):
         return tf.cast(run_backbone(rotated_inputs(batch, angles, preprocess)), tf.float32)
 
@@ -141,7 +146,7 @@ def maps_function(model, preprocess):
 
     to_maps = keras.Model(model.inputs, model.layers[-1].input)
 
-    @tf.function(autograph=False)
+    @tf.function(autograph=False, input_signature=[grey_batch_spec(model)])
     def maps(batch):
         angles = tf.zeros(tf.shape(batch)[:1], tf.float32)
         return tf.cast(to_maps(rotated_inputs(batch, angles, preprocess), training=False),
@@ -150,11 +155,8 @@ def maps_function(model, preprocess):
     return maps
 
 
-def run_padded(fn: Callable, batch: np.ndarray, size: int) -> np.ndarray:
-    """``fn`` on ``batch`` padded to ``size`` rows (one trace for every call), unpadded."""
+def grey_batch_spec(model):
+    """Resized grey batches of any size at the model's input size."""
     import tensorflow as tf
 
-    k = len(batch)
-    if k < size:
-        batch = np.concatenate([batch, np.zeros((size - k, *batch.shape[1:]), batch.dtype)])
-    return fn(tf.constant(batch)).numpy()[:k]
+    return tf.TensorSpec([None, *model.input_shape[1:3], 1], tf.float32)

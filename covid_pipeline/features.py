@@ -295,14 +295,14 @@ def extract_features(dataset_uri: str, model: str, cfg: BenchmarkConfig, out: st
     try:
         # the worker's kept backbone of this model (the full images' and the control's):
         # built and traced once per process
-        forward = backbone_cache.backbone(model, cfg, precision).forward
-        # EXTRACT_CHUNK images at a time (memory bounded whatever N), every batch of the
-        # config's size (padded), as in every run: one trace
+        kept = backbone_cache.backbone(model, cfg, precision)
+        # EXTRACT_CHUNK images at a time (memory bounded whatever N); under XLA every batch
+        # padded to the config's size, as in every run (one compilation)
         for images, shas in wanted_chunks(info, wanted, EXTRACT_CHUNK):
             if control:
                 images = blackout(images, cfg.control_box)
-            feats = backbone_features(forward, images, shas, cfg, size, views,
-                                      cfg.extract_batch_size)
+            feats = backbone_features(kept.forward, images, shas, cfg, size, views,
+                                      cfg.extract_batch_size, exact=kept.jit)
             with ThreadPoolExecutor(max_workers=8) as pool:
                 list(pool.map(lambda sha, arr: write_unless_richer(feature_uri(root, sha),
                                                                    encode_features(arr)),
@@ -376,11 +376,13 @@ def run_backbone(forward, resized: np.ndarray, rows: np.ndarray, angles: np.ndar
 
 
 def backbone_features(forward, images: np.ndarray, shas: list[str], cfg: BenchmarkConfig,
-                      size: int, views: int, batch_size: int | None = None) -> np.ndarray:
+                      size: int, views: int, batch_size: int | None = None,
+                      exact: bool = True) -> np.ndarray:
     """float16 [N, views + 1, D]: the backbone on every image under views 0..views.
 
     All (image, view) pairs form one stream of full batches, however few images there are;
-    ``batch_size`` (default: the config's, at most the pairs) is kept for every call.
+    ``exact``: the last one padded to ``batch_size`` (default: the config's, at most the
+    pairs) too.
     """
     n = len(shas)
     resized = resize_all(images, size, cfg.extract_batch_size)
@@ -388,5 +390,5 @@ def backbone_features(forward, images: np.ndarray, shas: list[str], cfg: Benchma
     angles = np.concatenate([view_angles(cfg.seed, shas, v, cfg.rotation_degrees)
                              for v in range(views + 1)])
     batch = batch_size or min(cfg.extract_batch_size, len(rows))
-    feats = run_backbone(forward, resized, rows, angles, batch, np.float16, exact=True)
+    feats = run_backbone(forward, resized, rows, angles, batch, np.float16, exact=exact)
     return feats.reshape(views + 1, n, -1).transpose(1, 0, 2)

@@ -210,8 +210,7 @@ def model_panel(dataset_uri: str, model: str, cfg, out: str) -> dict:
     size = cfg.input_size or spec.input_size
     kept = backbone_cache.backbone(model, cfg, "float32")
     batch = np.stack([pixels[str(i)] for i in chosen["image_id"]])[..., None]
-    maps = backbone_cache.run_padded(kept.maps, resize_all(batch, size, len(batch)),
-                                     max(cfg.gradcam_images, len(batch)))
+    maps = kept.maps(resize_all(batch, size, len(batch))).numpy()
     head = build_head(cfg)  # its own: the worker's compiled training head is not touched
     head.build((None, maps.shape[-1]))
     cam_of: dict[int, tuple[np.ndarray, float]] = {}

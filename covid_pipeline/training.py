@@ -145,17 +145,15 @@ def train_online(info: DatasetInfo, model: str, fold: int, cfg: BenchmarkConfig)
     t0 = time.perf_counter()
     n, epochs, bs = len(train), cfg.epochs, cfg.extract_batch_size
     try:
-        # the worker's kept backbone (built and traced once per process), full batches
+        # the worker's kept backbone (built and traced once per process)
         forward = backbone_cache.backbone(model, cfg, ONLINE_PRECISION).forward
         rows = np.tile(np.arange(n), epochs)
         angles = np.concatenate([view_angles(cfg.seed, train.shas, e + 1,
                                              cfg.rotation_degrees)
                                  for e in range(epochs)]) if n else np.zeros(0, np.float32)
-        x_train = run_backbone(forward, resize_all(train.images, size, bs), rows, angles, bs,
-                               exact=True)
+        x_train = run_backbone(forward, resize_all(train.images, size, bs), rows, angles, bs)
         x_test = run_backbone(forward, resize_all(test.images, size, bs),
-                              np.arange(len(test)), np.zeros(len(test), np.float32), bs,
-                              exact=True)
+                              np.arange(len(test)), np.zeros(len(test), np.float32), bs)
     finally:
         backbone_cache.end_of_task()  # the kept backbone and the cached head stay usable
     x_train = x_train.reshape(epochs, n, -1).transpose(1, 0, 2)

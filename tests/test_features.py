@@ -233,8 +233,8 @@ def test_extraction_in_bounded_chunks_gives_the_same_features(tmp_path, monkeypa
     real = features.backbone_features
     monkeypatch.setattr(features, "EXTRACT_CHUNK", 5)
     monkeypatch.setattr(features, "backbone_features",
-                        lambda fwd, images, *a: sizes.append(len(images)) or real(
-                            fwd, images, *a))
+                        lambda fwd, images, *a, **k: sizes.append(len(images)) or real(
+                            fwd, images, *a, **k))
     extract_features(info.uri.replace(out_a, out_b), "VGG16", cfg, out_b)
     assert max(sizes) <= 5 and sum(sizes) == 12
     a = features.read_features(features.feature_source(out_a, "VGG16", cfg, 64).root,
