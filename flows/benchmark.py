@@ -17,6 +17,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
+from prefect.settings import temporary_settings
 from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
@@ -260,6 +261,13 @@ def log_makespan(logger, extraction: list[dict], records: list[dict], wall: floa
                 wall, bound, len(tasks), workers)
 
 
+def own_process_subflow() -> contextlib.AbstractContextManager:
+    """Settings for a subflow run in this flow's process: no heartbeats of its own (the
+    parent's say whether the process lives), as Prefect joins a flow's heartbeat thread on
+    exit, which sleeps in 1 s steps: up to a second at the end of every subflow."""
+    return temporary_settings(updates={"flows.heartbeat_frequency": None})
+
+
 @flow(name="ingest-on-cluster", log_prints=True)
 def ingest_on_cluster(plan_uri: str, out: str, settings: dict, chunks: int) -> int:
     """Read a staged ingest plan's chunks as tasks on the Dask cluster; return the files
@@ -281,8 +289,10 @@ def ingest(specs: list, out: str, cfg: BenchmarkConfig, cluster: str, workers: i
     logger.info("ingest: %d files to read, in %d chunks on the Dask cluster",
                 planned["files"], planned["chunks"])
     ingest_spec = clusters.resolve(cluster, planned["chunks"], workers)
-    ingest_on_cluster.with_options(task_runner=DaskTaskRunner(**ingest_spec.runner_kwargs()))(
-        planned["uri"], out, data, planned["chunks"])
+    with own_process_subflow():
+        ingest_on_cluster.with_options(
+            task_runner=DaskTaskRunner(**ingest_spec.runner_kwargs()))(
+            planned["uri"], out, data, planned["chunks"])
     return finish_ingest(planned["uri"], out, data, planned["chunks"])
 
 
@@ -390,22 +400,26 @@ def covid_benchmark(
     # only they know) is not started when every fold result is stored already
     stored = None if spec.address or ext else stored_results_task(
         dataset["uri"], cfg.as_dict(), out, precision_for(n_gpus), training_jobs(cfg))
+    # the acquisition-only baseline on the same folds (seconds, in this process), beside
+    # the training
+    baseline_future = train_baseline_task.submit(dataset["uri"], cfg.as_dict(), out)
     progress.stage("training")
     if stored is not None:
         logger.info("all %d fold results are stored for this dataset version and config; "
                     "no training, no cluster started", len(stored["records"]))
         trained = reused_only(stored["records"], stored["gradcam"])
     else:
-        trained = train_models.with_options(task_runner=runner)(
-            dataset["uri"], cfg.as_dict(), out, n_images, n_workers, n_gpus > 0,
-            ext["dataset"]["uri"] if ext else None)
+        with own_process_subflow():
+            trained = train_models.with_options(task_runner=runner)(
+                dataset["uri"], cfg.as_dict(), out, n_images, n_workers, n_gpus > 0,
+                ext["dataset"]["uri"] if ext else None)
 
     progress.stage("baseline, leaderboard, report")
-    # the acquisition-only baseline on the same folds, ranked with the models; its failure
-    # leaves a row saying why, like a model's
+    # the baseline is ranked with the models; its failure leaves a row saying why, like a
+    # model's
     failures = dict(trained["failures"])
     try:
-        baseline = train_baseline_task(dataset["uri"], cfg.as_dict(), out)
+        baseline = baseline_future.result()
     except Exception as exc:  # noqa: BLE001 - the models' board must still be written
         baseline = []
         failures[BASELINE] = one_line(exc)

@@ -111,3 +111,26 @@ def test_missing_weights_fail_a_deployment_run_in_one_line(prefect_api, tmp_path
             any_=[state.state_details.flow_run_id])))
     text = "\n".join(log.message for log in logs)
     assert "Traceback" not in text and "weights download --models ResNet50,VGG16" in text
+
+
+def test_a_subflow_in_the_flows_process_sends_no_heartbeats_of_its_own(prefect_api):
+    """The parent's heartbeats say whether the process lives; Prefect joins a flow's
+    heartbeat thread on exit (it sleeps in 1 s steps), so a subflow with its own would
+    end up to a second late."""
+    from prefect import flow
+    from prefect.settings import get_current_settings
+
+    from flows.benchmark import own_process_subflow
+
+    @flow
+    def child() -> int | None:
+        return get_current_settings().flows.heartbeat_frequency
+
+    @flow
+    def parent() -> tuple[int | None, int | None]:
+        with own_process_subflow():
+            inside = child()
+        return get_current_settings().flows.heartbeat_frequency, inside
+
+    outer, inside = parent()
+    assert outer is not None and inside is None
