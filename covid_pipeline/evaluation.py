@@ -16,7 +16,7 @@ and checked against slow direct implementations and published formulas in the te
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats
@@ -98,27 +98,76 @@ def _resamples(groups_key: tuple[str, ...], labels_key: tuple[int, ...], n_resam
     return out
 
 
+RESAMPLE_BLOCK = 256  # resamples evaluated at once (memory: block x images floats)
+
+
+def resampled_metrics(labels: np.ndarray, probs: np.ndarray, counts: np.ndarray
+                      ) -> dict[str, np.ndarray]:
+    """:func:`fast_metrics` of many resamples at once, NaN where undefined: ``counts``
+    [B, N] holds how many times each image is in each resample.
+
+    The confusion counts are weighted sums; the AUC is Mann-Whitney's U over weighted
+    images (a positive above a negative counts one, a tie one half), from one sort of the
+    probabilities for every resample: the same value as ranking each resample (ties get
+    their average rank), without a sort per resample (tests/test_evaluation.py holds the
+    two equal)."""
+    y = np.asarray(labels) == 1
+    p = np.asarray(probs, dtype=np.float64)
+    pred = p > 0.5
+    w = np.asarray(counts, dtype=np.float64)
+    tp, fn = w @ (pred & y), w @ (~pred & y)
+    fp, tn = w @ (pred & ~y), w @ (~pred & ~y)
+    pos, neg = tp + fn, tn + fp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sens = np.where(pos > 0, tp / pos, 0.0)
+        spec = np.where(neg > 0, tn / neg, 0.0)
+        balanced = np.where((pos > 0) & (neg > 0), (sens + spec) / 2,
+                            np.where(pos > 0, sens, spec))
+        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
+        order = np.argsort(p, kind="mergesort")
+        ordered = p[order]
+        ties = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # tie groups' starts
+        sorted_w = w[:, order]
+        pos_w = np.add.reduceat(sorted_w * y[order], ties, axis=1)
+        neg_w = np.add.reduceat(sorted_w * ~y[order], ties, axis=1)
+        below = np.cumsum(neg_w, axis=1) - neg_w  # negatives under each tie group
+        u = (pos_w * (below + 0.5 * neg_w)).sum(axis=1)
+        auc = np.where((pos > 0) & (neg > 0), u / (pos * neg), np.nan)
+    return {"auc": auc, "balanced_accuracy": balanced, "sensitivity": sens,
+            "specificity": spec, "f1": f1}
+
+
 def bootstrap_intervals(labels: np.ndarray, probs: np.ndarray, groups: Sequence[str],
                         n_resamples: int = 2000, seed: int = 0, level: float = 0.95,
-                        statistic: Callable[[np.ndarray, np.ndarray], dict] = fast_metrics,
                         ) -> dict[str, tuple[float, float] | None]:
-    """Percentile interval of each metric over patient-level resamples.
+    """Percentile interval of each metric over patient-level resamples (None for a metric
+    no resample defines).
 
     ``probs`` may be [N] or [R, N] (R repeats of cross-validation predicting the same N
     images): a resample's metric is then the mean over repeats, as is the point estimate.
+    Resamples are evaluated :data:`RESAMPLE_BLOCK` at a time (:func:`resampled_metrics`).
     """
     labels = np.asarray(labels)
     probs = np.atleast_2d(np.asarray(probs, dtype=np.float64))
-    draws: dict[str, list[float]] = {}
-    for idx in patient_resamples(groups, labels, n_resamples, seed):
-        per_repeat = [statistic(labels[idx], row[idx]) for row in probs]
-        for name in per_repeat[0]:
-            values = [r[name] for r in per_repeat if r[name] is not None]
-            if values:
-                draws.setdefault(name, []).append(float(np.mean(values)))
+    resamples = patient_resamples(groups, labels, n_resamples, seed)
+    draws: dict[str, list[np.ndarray]] = {name: [] for name in CI_METRICS}
+    for start in range(0, len(resamples), RESAMPLE_BLOCK):
+        block = resamples[start : start + RESAMPLE_BLOCK]
+        counts = np.stack([np.bincount(idx, minlength=len(labels)) for idx in block])
+        per_repeat = [resampled_metrics(labels, row, counts) for row in probs]
+        for name in CI_METRICS:
+            values = np.stack([r[name] for r in per_repeat])  # [R, block]
+            defined = ~np.isnan(values)
+            n = defined.sum(axis=0)
+            mean = np.where(defined, values, 0.0).sum(axis=0) / np.maximum(n, 1)
+            draws[name].append(mean[n > 0])
     tail = 100 * (1 - level) / 2
-    return {name: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail)))
-            if v else None for name, v in draws.items()}
+    out: dict[str, tuple[float, float] | None] = {}
+    for name, parts in draws.items():
+        v = np.concatenate(parts)
+        out[name] = (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))
+                     ) if len(v) else None
+    return out
 
 
 def point_estimates(labels: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:

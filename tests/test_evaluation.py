@@ -118,6 +118,41 @@ def test_bootstrap_of_repeats_averages_over_them():
     assert ci["auc"][0] <= point["auc"] <= ci["auc"][1]
 
 
+def slow_bootstrap(labels, probs, groups, n_resamples, seed):
+    """Percentile intervals from :func:`fast_metrics` resample by resample (the mean over
+    repeats of the defined values)."""
+    draws: dict[str, list[float]] = {}
+    for idx in ev.patient_resamples(groups, labels, n_resamples, seed):
+        per_repeat = [ev.fast_metrics(labels[idx], row[idx]) for row in np.atleast_2d(probs)]
+        for name in ev.CI_METRICS:
+            values = [r[name] for r in per_repeat if r[name] is not None]
+            if values:
+                draws.setdefault(name, []).append(float(np.mean(values)))
+    return {name: (np.percentile(draws[name], 2.5), np.percentile(draws[name], 97.5))
+            if name in draws else None for name in ev.CI_METRICS}
+
+
+def test_the_vectorised_bootstrap_equals_one_resample_at_a_time():
+    rng = np.random.default_rng(6)
+    groups = [f"p{i // 3}" for i in range(90)]  # three images a patient
+    labels = np.array([int(i < 45) for i in range(90)])
+    probs = np.round(np.clip(labels * 0.3 + rng.normal(0.35, 0.25, (2, 90)), 0, 1), 1)  # ties
+    resamples = ev.patient_resamples(groups, labels, 300, seed=3)
+    counts = np.stack([np.bincount(idx, minlength=90) for idx in resamples])
+    fast = ev.resampled_metrics(labels, probs[0], counts)
+    for k, idx in enumerate(resamples):
+        one = ev.fast_metrics(labels[idx], probs[0][idx])
+        for name in ev.CI_METRICS:
+            assert fast[name][k] == pytest.approx(one[name], abs=1e-12), (name, k)
+    got = ev.bootstrap_intervals(labels, probs, groups, n_resamples=300, seed=3)
+    want = slow_bootstrap(labels, probs, groups, 300, 3)
+    for name in ev.CI_METRICS:
+        assert got[name] == pytest.approx(want[name], abs=1e-12), name
+    normals = np.zeros(90, int)  # one class: no AUC in any resample
+    got = ev.bootstrap_intervals(normals, probs[0], groups, n_resamples=50, seed=1)
+    assert got["auc"] is None and got == slow_bootstrap(normals, probs[0], groups, 50, 1)
+
+
 def test_the_bootstraps_fast_metrics_equal_scikit_learns():
     rng = np.random.default_rng(5)
     for trial in range(200):
