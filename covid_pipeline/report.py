@@ -84,14 +84,18 @@ def _read(uri: str) -> bytes | None:
 
 def build(table: pd.DataFrame, ctx: LeaderboardContext, records: list[dict[str, Any]],
           predictions: pd.DataFrame | None, results_uri: str) -> str:
-    """The report's HTML."""
+    """The report's HTML. The forest plot and training curves are the PNGs written beside
+    it (:func:`leaderboard.write`, :func:`curves.write_curves` run first), drawn here when
+    absent."""
     ranked = table[table["rank"].notna()].sort_values("rank")
     cnns = [m for m in ranked["model"] if ctx.input_sizes.get(m) is not None]
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
              f"<title>COVID-19 benchmark: {html.escape(ctx.dataset_version)}</title>"
              f"<style>{STYLE}</style></head><body>",
              markdown.markdown(to_markdown(table, ctx), extensions=["tables"]),
-             "<h2>Forest plot</h2>", image(to_png(table, ctx), "forest plot")]
+             "<h2>Forest plot</h2>",
+             image(_read(layout.leaderboard(results_uri, "png")) or to_png(table, ctx),
+                   "forest plot")]
     roc = roc_png(predictions, cnns[:TOP_ROC]) if predictions is not None else None
     if roc:
         parts += [f"<h2>ROC curves of the top {min(TOP_ROC, len(cnns))} models</h2>",
@@ -103,8 +107,9 @@ def build(table: pd.DataFrame, ctx: LeaderboardContext, records: list[dict[str, 
             continue
         parts.append(f"<h2>{html.escape(model)}</h2>")
         if by_fold:
-            parts += ["<h3>Training curves</h3>",
-                      image(curves.curves_png(model, by_fold), f"{model} training curves")]
+            png = (_read(layout.model_curves(results_uri, model))
+                   or curves.curves_png(model, by_fold))
+            parts += ["<h3>Training curves</h3>", image(png, f"{model} training curves")]
         if panel is not None:
             parts += ["<h3>Grad-CAM on out-of-fold images</h3>",
                       image(panel, f"{model} Grad-CAM panel")]
