@@ -79,8 +79,10 @@ def resolve(cluster: str, n_tasks: int, workers: int | None = None) -> ClusterSp
                            gpus=gpus)
     gpus = min(local_gpu_count(), 1)  # several GPUs: use --cluster cuda (one worker per GPU)
     n = 1 if gpus else workers or max(1, min(n_tasks, os.cpu_count() or 1))
+    # each worker's share of the cores for its TensorFlow (tfsetup.cpu_threads)
+    share = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // n))}
     kwargs: dict[str, Any] = {"n_workers": n, "threads_per_worker": 1, "processes": True,
-                              "dashboard_address": None}
+                              "dashboard_address": None, "env": share}
     if gpus:
         kwargs["resources"] = {"GPU": 1}
     return ClusterSpec(cluster_class="distributed.LocalCluster", cluster_kwargs=kwargs,

@@ -27,11 +27,25 @@ def configure_tensorflow() -> None:
     # Deterministic kernels: the same data, seed and preset give the same leaderboard on
     # any number of workers (training amplifies the tiniest kernel-order difference).
     tf.config.experimental.enable_op_determinism()
+    threads = cpu_threads()
+    if threads:
+        with contextlib.suppress(RuntimeError):  # already initialised in this process
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
     gpus = tf.config.list_physical_devices("GPU")
     with contextlib.suppress(RuntimeError):  # already initialised in this process
         if gpus:
             tf.config.set_visible_devices(gpus[:1], "GPU")
             tf.config.experimental.set_memory_growth(gpus[0], True)
+
+def cpu_threads() -> int | None:
+    """TensorFlow's CPU thread pools' size: ``OMP_NUM_THREADS``, which Dask's nanny sets for
+    every worker process (1 by default, ``distributed.nanny.pre-spawn-environ``; the local
+    cluster gives each worker its share of the cores), so that worker processes sharing a
+    machine do not each start a thread per core; None (TensorFlow's default) without it."""
+    text = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
 
 def _chosen_precision() -> str | None:
     """``COVID_PIPELINE_PRECISION`` when it names a precision; None for ``auto``."""

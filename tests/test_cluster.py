@@ -24,3 +24,43 @@ def test_a_worker_with_several_task_threads_is_refused_with_the_fix():
 def test_one_thread_workers_are_counted_with_their_gpus():
     with dask_processes([["--nthreads", "1"], ["--resources", "GPU=1"]]) as address:
         assert cluster.size(cluster.resolve(address, n_tasks=4)) == (2, 1)
+
+
+def test_each_model_has_a_home_worker_that_stays_with_the_models_and_workers():
+    workers = {"tcp://10.0.0.2:1": {}, "tcp://10.0.0.1:1": {},
+               "tcp://10.0.0.3:1": {"resources": {"GPU": 1}}}
+    costs = {"VGG16": 9.0, "ResNet50": 4.0, "MobileNet": 1.0, "DenseNet121": 3.0}
+    homes = cluster.home_workers(costs, workers, gpu=False)
+    # heaviest first onto the least loaded worker, ties by address
+    assert homes == {"VGG16": "tcp://10.0.0.1:1", "ResNet50": "tcp://10.0.0.2:1",
+                     "DenseNet121": "tcp://10.0.0.3:1", "MobileNet": "tcp://10.0.0.3:1"}
+    # a grown data set scales every cost alike: the same homes (the kept backbones serve)
+    assert cluster.home_workers({m: 7 * c for m, c in costs.items()}, workers, False) == homes
+    assert set(cluster.home_workers(costs, workers, gpu=True).values()) == {"tcp://10.0.0.3:1"}
+    assert cluster.home_workers(costs, {}, gpu=False) == {}
+
+
+def test_local_workers_share_the_cores_for_tensorflow():
+    """Dask's nanny gives each worker OMP_NUM_THREADS (its share of the machine's cores);
+    TensorFlow's thread pools follow it instead of starting a thread per core in every
+    worker process."""
+    import os
+
+    from distributed import Client, LocalCluster
+
+    spec = cluster.resolve("local", n_tasks=4, workers=2)
+    share = max(1, (os.cpu_count() or 1) // 2)
+    assert spec.cluster_kwargs["env"] == {"OMP_NUM_THREADS": str(share)}
+
+    def pools() -> tuple[int, int]:
+        import tensorflow as tf
+
+        from covid_pipeline.tfsetup import configure_tensorflow
+
+        configure_tensorflow()
+        tf.constant(1.0) + 1.0  # the runtime starts with the pools set
+        return (tf.config.threading.get_intra_op_parallelism_threads(),
+                tf.config.threading.get_inter_op_parallelism_threads())
+
+    with LocalCluster(**spec.cluster_kwargs) as local, Client(local) as client:
+        assert set(client.run(pools).values()) == {(share, share)}

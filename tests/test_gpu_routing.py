@@ -63,6 +63,14 @@ def test_extraction_runs_only_on_the_gpu_worker_heaviest_first(scheduler, synth_
     assert all(annotations[key]["resources"] == {"GPU": 1} for _, key, _ in extract)
     # Dask priorities in proportion to the backbone work (with one epoch, both passes of an
     # image for the full images and for the control), and the heavier model (VGG16) first.
+    # each model's backbone work (its extraction, its control's, its Grad-CAM panel) goes to
+    # its home worker, which keeps the built backbone; loosely (another may still take it)
+    gpu0 = next(addr for addr, name in names.items() if name == "gpu0")
+    panels = [key for key in annotations if "gradcam" in str(key)]
+    assert len(panels) == len(MODELS)
+    for key in [k for _, k, _ in extract] + panels:
+        assert annotations[key]["workers"] == [gpu0], annotations[key]
+        assert annotations[key]["allow_other_workers"] is True
     priorities = [annotations[key]["priority"] for _, key, _ in extract]
     gmacs = [zoo.gmacs_at(zoo.get(m), 32) for m in MODELS]
     assert max(priorities) / min(priorities) == pytest.approx(gmacs[0] / gmacs[1], rel=1e-6)
