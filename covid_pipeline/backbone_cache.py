@@ -74,12 +74,14 @@ def backbone(model: str, cfg: BenchmarkConfig, precision: str) -> Backbone:
 
 
 def end_of_task() -> None:
-    """What a task that ran a backbone does last: Keras' ``clear_session``, with its full
-    garbage collection (~0.2 s) only when this process keeps no backbone (the kept ones
-    hold the memory it would free)."""
-    import keras
+    """What a task that ran a backbone does last: Keras' ``clear_session`` (state, kernel
+    caches, a full garbage collection) when this process keeps no backbone; nothing when
+    it does: the kept ones hold the memory it would free, and a cleared kernel cache costs
+    the next pass ~0.4 s (ResNet50, CPU) to set its kernels up again."""
+    if kept_limit() == 0:
+        import keras
 
-    keras.backend.clear_session(free_memory=kept_limit() == 0)
+        keras.backend.clear_session()
 
 
 def forget() -> None:

@@ -49,6 +49,7 @@ from tasks.report import aggregate, log_mlflow
 from tasks.training import stored_results_task, train_baseline_task, train_fold_task
 
 MAX_ERROR = 300
+PANEL_PRIORITY = 1  # a panel before the heads (priority 0) queued on its worker
 
 
 def one_line(exc: BaseException) -> str:
@@ -149,10 +150,11 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
             with gpu_work(), dask.annotate(priority=costs[model]):
                 fut = train_fold_task.submit(dataset_uri, model, fold, config, out)
         futures[fut] = (model, repeat, fold, control)
-    # each model's Grad-CAM panel as soon as its repeat-0 heads are stored (beside the rest)
+    # each model's Grad-CAM panel as soon as its repeat-0 heads are stored, before heads
+    # still waiting on its home worker (which it needs: the heads can go anywhere)
     panel_futures = {}
     for model in cfg.models if cfg.gradcam_images else ():
-        with gpu_work(), at_home(model):
+        with gpu_work(), at_home(model), dask.annotate(priority=PANEL_PRIORITY):
             panel_futures[model] = gradcam_task.submit(dataset_uri, model, config, out, wait_for=[
                 f for f, (m, repeat, _, control) in futures.items()
                 if m == model and repeat == 0 and not control])  # the heads a panel reads

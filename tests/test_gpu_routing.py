@@ -71,6 +71,9 @@ def test_extraction_runs_only_on_the_gpu_worker_heaviest_first(scheduler, synth_
     for key in [k for _, k, _ in extract] + panels:
         assert annotations[key]["workers"] == [gpu0], annotations[key]
         assert annotations[key]["allow_other_workers"] is True
+    # a panel runs as soon as its heads are stored, before heads queued on its worker
+    assert all(annotations[key]["priority"] == 1 for key in panels)
+    assert all("priority" not in annotations[key] for _, key, _ in train)
     priorities = [annotations[key]["priority"] for _, key, _ in extract]
     gmacs = [zoo.gmacs_at(zoo.get(m), 32) for m in MODELS]
     assert max(priorities) / min(priorities) == pytest.approx(gmacs[0] / gmacs[1], rel=1e-6)
