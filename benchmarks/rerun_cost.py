@@ -84,15 +84,18 @@ def cold_ingest(sources: list[str], out: Path, size: int) -> tuple[float, int]:
 @contextlib.contextmanager
 def dask_cluster(kind: str) -> Iterator[str]:
     """``local``: each flow run starts (and stops) its own LocalCluster of 2 workers.
-    ``standing``: one LocalCluster of 2 worker processes started before the clock, whose
-    address every run gets, as a deployment's standing cluster."""
+    ``standing``: the LocalCluster ``--cluster local --workers 2`` would start, started
+    once before the clock, whose address every run gets, as a deployment's standing
+    cluster."""
     if kind == "local":
         yield "local"
         return
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster:
+    from covid_pipeline import cluster as clusters
+
+    # what `--cluster local --workers 2` starts (each worker its share of the cores)
+    with LocalCluster(**clusters.resolve("local", 2, 2).cluster_kwargs) as cluster:
         yield cluster.scheduler_address
 
 

@@ -14,6 +14,7 @@ sends a model's backbone tasks to one home worker (:func:`cluster.home_workers`)
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 from collections import OrderedDict
@@ -26,7 +27,7 @@ from covid_pipeline.augment import rotated_inputs
 from covid_pipeline.config import BenchmarkConfig
 from covid_pipeline.weights import backbone_weights, weights_digest
 
-ENV = "COVID_PIPELINE_BACKBONES"
+ENV = "COVID_PIPELINE_BACKBONES"  # how many a process keeps
 DEFAULT_KEPT = 2
 
 
@@ -64,12 +65,14 @@ def backbone(model: str, cfg: BenchmarkConfig, precision: str) -> Backbone:
         if key in _KEPT:
             _KEPT.move_to_end(key)
             return _KEPT[key]
-        built = _build(spec, cfg, size, precision)
         limit = kept_limit()
+        if limit and len(_KEPT) >= limit:  # room first: never limit + 1 backbones at once
+            while len(_KEPT) >= limit:
+                _KEPT.popitem(last=False)
+            gc.collect()  # a Keras model's reference cycles: freed now, not some time later
+        built = _build(spec, cfg, size, precision)
         if limit:
             _KEPT[key] = built
-            while len(_KEPT) > limit:
-                _KEPT.popitem(last=False)
         return built
 
 
@@ -85,9 +88,11 @@ def end_of_task() -> None:
 
 
 def forget() -> None:
-    """Drop every kept backbone (their memory is freed by the next ``clear_session``)."""
+    """Drop every kept backbone and free their memory."""
     with _LOCK:
-        _KEPT.clear()
+        if _KEPT:
+            _KEPT.clear()
+            gc.collect()
 
 
 def kept() -> list[tuple]:
@@ -142,11 +147,11 @@ def feature_function(model, preprocess, jit: bool = False):
 
 def maps_function(model, preprocess):
     """The compiled pass to the last feature map (the input of the backbone's global
-    average pooling, its last layer) of the un-rotated view: what Grad-CAM weighs."""
+    average pooling) of the un-rotated view: what Grad-CAM weighs."""
     import keras
     import tensorflow as tf
 
-    to_maps = keras.Model(model.inputs, model.layers[-1].input)
+    to_maps = keras.Model(model.inputs, pooling_layer(model).input)
 
     @tf.function(autograph=False, input_signature=[grey_batch_spec(model)])
     def maps(batch):
@@ -155,6 +160,24 @@ def maps_function(model, preprocess):
                        tf.float32)
 
     return maps
+
+
+def pooling_layer(model):
+    """The backbone's global average pooling (``pooling="avg"``): its last layer, or for
+    ConvNeXt the one before the final LayerNormalization."""
+    import keras
+
+    return next(layer for layer in reversed(model.layers)
+                if isinstance(layer, keras.layers.GlobalAveragePooling2D))
+
+
+def after_pooling(model, pooled):
+    """The backbone's layers after its pooling (ConvNeXt's LayerNormalization; none for
+    the others) applied to ``pooled``: the backbone's output from its pooled maps."""
+    layers = model.layers
+    for layer in layers[layers.index(pooling_layer(model)) + 1:]:
+        pooled = layer(pooled, training=False)
+    return pooled
 
 
 def grey_batch_spec(model):

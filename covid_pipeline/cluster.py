@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from covid_pipeline.errors import ConfigError
+from covid_pipeline.tfsetup import TF_THREADS
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def resolve(cluster: str, n_tasks: int, workers: int | None = None) -> ClusterSp
     gpus = min(local_gpu_count(), 1)  # several GPUs: use --cluster cuda (one worker per GPU)
     n = 1 if gpus else workers or max(1, min(n_tasks, os.cpu_count() or 1))
     # each worker's share of the cores for its TensorFlow (tfsetup.cpu_threads)
-    share = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // n))}
+    share = {TF_THREADS: str(max(1, (os.cpu_count() or 1) // n))}
     kwargs: dict[str, Any] = {"n_workers": n, "threads_per_worker": 1, "processes": True,
                               "dashboard_address": None, "env": share}
     if gpus:
@@ -120,11 +121,15 @@ def home_workers(costs: dict[str, float], workers: dict[str, dict[str, Any]], gp
     its control's, its Grad-CAM panel): the worker keeps the built backbone between those
     tasks and, on a standing cluster, between runs (:mod:`covid_pipeline.backbone_cache`).
 
-    Models, heaviest first, each onto the least loaded eligible worker (those advertising
-    a GPU when ``gpu``; ties by address), so the same models and workers give the same
-    homes run after run, and scaling every cost (a grown data set) changes none."""
-    eligible = sorted(a for a, info in workers.items()
-                      if not gpu or float(info.get("resources", {}).get("GPU", 0)) >= 1)
+    Models, heaviest first, each onto the least loaded worker (ties by address), so the
+    same models and workers give the same homes run after run, and scaling every cost (a
+    grown data set) changes none. None when ``gpu`` and some worker has no GPU: a home is
+    a loose restriction, and Dask loosens every restriction of a task with it (its GPU
+    resource too: a CPU worker could steal the task)."""
+    if gpu and any(float(info.get("resources", {}).get("GPU", 0)) < 1
+                   for info in workers.values()):
+        return {}
+    eligible = sorted(workers)
     load = dict.fromkeys(eligible, 0.0)
     homes: dict[str, str] = {}
     for model in sorted(costs, key=lambda m: (-costs[m], m)):

@@ -350,13 +350,12 @@ def resize_all(images: np.ndarray, size: int, step: int) -> np.ndarray:
 
 def run_backbone(forward, resized: np.ndarray, rows: np.ndarray, angles: np.ndarray,
                  batch_size: int, dtype=np.float32, exact: bool = False) -> np.ndarray:
-    """[len(rows), D]: ``forward`` on ``resized[rows]`` rotated by ``angles``.
+    """[len(rows), D]: ``forward`` on ``resized[rows]`` rotated by ``angles``, in batches of
+    ``batch_size`` (at most the pairs given, unless ``exact``).
 
-    ``exact``: batches of ``batch_size`` even when fewer pairs are given (padded), so that
-    successive calls reuse one trace.
-
-    The pairs are cut into full batches of ``batch_size`` (only the last one padded), so
-    the forward pass is traced once and runs at its batch size's throughput.
+    ``exact``: the last batch padded to ``batch_size`` too, so that every call has one
+    shape (what XLA, compiling per shape, needs; the passes of :mod:`backbone_cache` are
+    traced once for any batch size).
     """
     import tensorflow as tf
 
@@ -380,9 +379,9 @@ def backbone_features(forward, images: np.ndarray, shas: list[str], cfg: Benchma
                       exact: bool = True) -> np.ndarray:
     """float16 [N, views + 1, D]: the backbone on every image under views 0..views.
 
-    All (image, view) pairs form one stream of full batches, however few images there are;
-    ``exact``: the last one padded to ``batch_size`` (default: the config's, at most the
-    pairs) too.
+    All (image, view) pairs form one stream of batches of ``batch_size`` (default: the
+    config's, at most the pairs), however few images there are; ``exact``: the last one
+    padded to it too (:func:`run_backbone`).
     """
     n = len(shas)
     resized = resize_all(images, size, cfg.extract_batch_size)

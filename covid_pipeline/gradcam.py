@@ -28,6 +28,7 @@ from covid_pipeline.export import input_layer
 from covid_pipeline.features import resize_all
 from covid_pipeline.head import build_head
 from covid_pipeline.shards import load_dataset, read_parquet
+from covid_pipeline.tfsetup import backbone_precision, configure_tensorflow
 
 
 def parts(net: Any) -> tuple[Any, Any, Any]:
@@ -47,7 +48,7 @@ def heatmaps(net: Any, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     import tensorflow as tf
 
     pipeline, backbone, head = parts(net)
-    pooling = backbone.layers[-1]  # GlobalAveragePooling2D (the backbones' pooling="avg")
+    pooling = backbone_cache.pooling_layer(backbone)  # the backbones' pooling="avg"
     grad_model = keras.Model(backbone.inputs, [pooling.input, backbone.output])
     x = pipeline(tf.convert_to_tensor(images, tf.float32))
     with tf.GradientTape() as tape:
@@ -59,18 +60,22 @@ def heatmaps(net: Any, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return normalised(tf.nn.relu(tf.reduce_sum(weights * maps, axis=-1)).numpy()), score.numpy()
 
 
-def pooled_heatmaps(maps: np.ndarray, head: Any) -> tuple[np.ndarray, np.ndarray]:
+def pooled_heatmaps(maps: np.ndarray, head: Any, backbone: Any = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`heatmaps` from the last feature maps ([B, h, w, C], float32) of a backbone
-    whose output is their global average: the pooled features are their mean, and the
-    gradient of the score with respect to each map position is 1/(h w) of its gradient
-    with respect to the pooled features, so the channel weights (the gradient's spatial
-    mean) need the head's gradient alone, not a pass back through the backbone."""
+    that averages them: the gradient of the score with respect to each map position is
+    1/(h w) of its gradient with respect to their mean, so the channel weights (the
+    gradient's spatial mean) need the head's gradient (and that of the layers the
+    ``backbone`` has after its pooling, if any: ConvNeXt's LayerNormalization) alone, not a
+    pass back through the backbone."""
     import tensorflow as tf
 
     pooled = tf.constant(maps.mean(axis=(1, 2)))
     with tf.GradientTape() as tape:
         tape.watch(pooled)
-        score = head(pooled, training=False)[:, 1]
+        features = pooled if backbone is None else backbone_cache.after_pooling(backbone,
+                                                                               pooled)
+        score = head(features, training=False)[:, 1]
     weights = tape.gradient(score, pooled).numpy() / (maps.shape[1] * maps.shape[2])
     cam = np.maximum(np.einsum("bhwc,bc->bhw", maps, weights), 0.0)
     return normalised(cam), score.numpy()
@@ -205,10 +210,11 @@ def model_panel(dataset_uri: str, model: str, cfg, out: str) -> dict:
                     if str(image_id) in wanted:
                         pixels[str(image_id)] = imaging.decode_png(png)
     # the feature maps of every chosen image in one pass of the worker's kept backbone (the
-    # un-rotated view, float32), then each fold's head on its images' maps
-    spec = zoo.get(model)
-    size = cfg.input_size or spec.input_size
-    kept = backbone_cache.backbone(model, cfg, "float32")
+    # un-rotated view, in the precision its extraction ran: the same backbone), then each
+    # fold's head on its images' maps
+    configure_tensorflow()
+    size = cfg.input_size or zoo.get(model).input_size
+    kept = backbone_cache.backbone(model, cfg, backbone_precision())
     batch = np.stack([pixels[str(i)] for i in chosen["image_id"]])[..., None]
     maps = kept.maps(resize_all(batch, size, len(batch))).numpy()
     head = build_head(cfg)  # its own: the worker's compiled training head is not touched
@@ -216,7 +222,8 @@ def model_panel(dataset_uri: str, model: str, cfg, out: str) -> dict:
     cam_of: dict[int, tuple[np.ndarray, float]] = {}
     for fold, rows in chosen.groupby("fold", sort=True):
         head.set_weights(heads[int(fold)])
-        fold_cams, fold_scores = pooled_heatmaps(maps[rows.index.to_numpy()], head)
+        fold_cams, fold_scores = pooled_heatmaps(maps[rows.index.to_numpy()], head,
+                                                 kept.model)
         cam_of.update({int(i): (c, float(p)) for i, c, p in zip(rows.index, fold_cams,
                                                                 fold_scores, strict=True)})
     images, cams, titles, shares = [], [], [], []

@@ -589,7 +589,8 @@ def write(df: pd.DataFrame, ctx: LeaderboardContext, folders: list[str]) -> dict
     return uris
 
 
-BOARD_FORMAT = 1  # bump when the board made from the same inputs changes
+BOARD_FORMAT = 2  # bump when the board made from the same inputs changes (2: intervals
+# from the vectorised bootstrap, equal up to float rounding)
 
 
 def inputs_digest(records: list[dict[str, Any]], failures: dict[str, str], models: list[str],

@@ -14,6 +14,7 @@ import os
 from covid_pipeline.errors import ConfigError
 
 PRECISIONS = ("float32", "mixed_float16")
+TF_THREADS = "COVID_PIPELINE_TF_THREADS"
 
 
 def configure_tensorflow() -> None:
@@ -38,13 +39,19 @@ def configure_tensorflow() -> None:
             tf.config.set_visible_devices(gpus[:1], "GPU")
             tf.config.experimental.set_memory_growth(gpus[0], True)
 
+
 def cpu_threads() -> int | None:
-    """TensorFlow's CPU thread pools' size: ``OMP_NUM_THREADS``, which Dask's nanny sets for
-    every worker process (1 by default, ``distributed.nanny.pre-spawn-environ``; the local
-    cluster gives each worker its share of the cores), so that worker processes sharing a
-    machine do not each start a thread per core; None (TensorFlow's default) without it."""
-    text = os.environ.get("OMP_NUM_THREADS", "").strip()
-    return int(text) if text.isdigit() and int(text) > 0 else None
+    """TensorFlow's CPU thread pools' size: ``COVID_PIPELINE_TF_THREADS``, which the local
+    cluster sets for each worker process to its share of the machine's cores (so that
+    workers sharing a machine do not each start a thread per core); None (TensorFlow's
+    default: every core) without it."""
+    text = os.environ.get(TF_THREADS, "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"{TF_THREADS}={text!r}: give a whole number of threads (at "
+                          "least 1), or leave it unset for one per core")
+    return int(text)
 
 
 def _chosen_precision() -> str | None:

@@ -107,7 +107,8 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
 
     def at_home(model: str) -> contextlib.AbstractContextManager:
         """The model's backbone work on its home worker, which keeps the built backbone
-        (another worker may still take it: loose restrictions)."""
+        (loosely: Dask may still give it to another worker, e.g. when that one is gone or
+        idle and stealing)."""
         if model not in homes:
             return contextlib.nullcontext()
         return dask.annotate(workers=[homes[model]], allow_other_workers=True)
@@ -128,7 +129,7 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
     external: dict[Any, str] = {}
     if external_uri:
         for model in cfg.models:
-            with gpu_work():
+            with gpu_work(), at_home(model):
                 test_features = extract_features_task.with_options(
                     task_run_name=f"extract-{model}-external").submit(
                     external_uri, model, config, out, views=0)
@@ -265,8 +266,9 @@ def log_makespan(logger, extraction: list[dict], records: list[dict], wall: floa
 
 def own_process_subflow() -> contextlib.AbstractContextManager:
     """Settings for a subflow run in this flow's process: no heartbeats of its own (the
-    parent's say whether the process lives), as Prefect joins a flow's heartbeat thread on
-    exit, which sleeps in 1 s steps: up to a second at the end of every subflow."""
+    parent's say whether the process lives, and a crash marks the parent), as Prefect
+    joins a flow's heartbeat thread on exit, which sleeps in 1 s steps: up to a second at
+    the end of every subflow."""
     return temporary_settings(updates={"flows.heartbeat_frequency": None})
 
 

@@ -23,6 +23,17 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(autouse=True)
+def fresh_worker_memory() -> Iterator[None]:
+    """Each test starts as a new worker process would: no backbone or feature file kept
+    from an earlier test (covid_pipeline.backbone_cache, features.KEPT)."""
+    yield
+    from covid_pipeline import backbone_cache, features
+
+    backbone_cache.forget()
+    features.KEPT.clear()
+
+
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from covid_pipeline.synth import make_synthetic

@@ -36,21 +36,24 @@ def test_each_model_has_a_home_worker_that_stays_with_the_models_and_workers():
                      "DenseNet121": "tcp://10.0.0.3:1", "MobileNet": "tcp://10.0.0.3:1"}
     # a grown data set scales every cost alike: the same homes (the kept backbones serve)
     assert cluster.home_workers({m: 7 * c for m, c in costs.items()}, workers, False) == homes
-    assert set(cluster.home_workers(costs, workers, gpu=True).values()) == {"tcp://10.0.0.3:1"}
+    # GPU work on a cluster with CPU-only workers: no loose homes (they would loosen the
+    # GPU resource restriction too); on GPU workers alone, homes as above
+    assert cluster.home_workers(costs, workers, gpu=True) == {}
+    gpus = {a: {"resources": {"GPU": 1}} for a in workers}
+    assert cluster.home_workers(costs, gpus, gpu=True) == homes
     assert cluster.home_workers(costs, {}, gpu=False) == {}
 
 
 def test_local_workers_share_the_cores_for_tensorflow():
-    """Dask's nanny gives each worker OMP_NUM_THREADS (its share of the machine's cores);
-    TensorFlow's thread pools follow it instead of starting a thread per core in every
-    worker process."""
+    """The local cluster gives each worker its share of the machine's cores; TensorFlow's
+    thread pools follow it instead of starting a thread per core in every worker."""
     import os
 
     from distributed import Client, LocalCluster
 
     spec = cluster.resolve("local", n_tasks=4, workers=2)
     share = max(1, (os.cpu_count() or 1) // 2)
-    assert spec.cluster_kwargs["env"] == {"OMP_NUM_THREADS": str(share)}
+    assert spec.cluster_kwargs["env"] == {"COVID_PIPELINE_TF_THREADS": str(share)}
 
     def pools() -> tuple[int, int]:
         import tensorflow as tf

@@ -63,14 +63,10 @@ def test_extraction_runs_only_on_the_gpu_worker_heaviest_first(scheduler, synth_
     assert all(annotations[key]["resources"] == {"GPU": 1} for _, key, _ in extract)
     # Dask priorities in proportion to the backbone work (with one epoch, both passes of an
     # image for the full images and for the control), and the heavier model (VGG16) first.
-    # each model's backbone work (its extraction, its control's, its Grad-CAM panel) goes to
-    # its home worker, which keeps the built backbone; loosely (another may still take it)
-    gpu0 = next(addr for addr, name in names.items() if name == "gpu0")
+    # no home workers here: their loose restriction would let cpu0 steal GPU work
     panels = [key for key in annotations if "gradcam" in str(key)]
     assert len(panels) == len(MODELS)
-    for key in [k for _, k, _ in extract] + panels:
-        assert annotations[key]["workers"] == [gpu0], annotations[key]
-        assert annotations[key]["allow_other_workers"] is True
+    assert all("workers" not in annotations[key] for key in [k for _, k, _ in extract] + panels)
     # a panel runs as soon as its heads are stored, before heads queued on its worker
     assert all(annotations[key]["priority"] == 1 for key in panels)
     assert all("priority" not in annotations[key] for _, key, _ in train)
@@ -83,3 +79,37 @@ def test_extraction_runs_only_on_the_gpu_worker_heaviest_first(scheduler, synth_
         r"wall ([\d.]+)s; makespan lower bound ([\d.]+)s \(12 tasks, 2 workers\)",
         run.stdout + run.stderr).groups())
     assert 0 < bound <= wall
+
+
+def test_each_models_backbone_work_goes_to_its_home_worker(prefect_api, synth_root, tmp_path):
+    """Two GPU workers: each model's extraction, its control's and its Grad-CAM panel carry
+    a loose restriction to one home worker (which keeps the built backbone), the two models
+    on different ones; head training goes anywhere."""
+    from distributed import Client
+
+    with dask_processes([["--name", "gpu0", "--resources", "GPU=1"],
+                         ["--name", "gpu1", "--resources", "GPU=1"]]) as address, \
+            Client(address) as client:
+        client.register_plugin(GraphProbe())
+        run = subprocess.run(
+            [sys.executable, "-m", "flows.cli", "run", "--preset", "smoke",
+             "--models", ",".join(MODELS), "--folds", "2", "--epochs", "1",
+             "--input-size", "32", "--weights", "none", "--cluster", address,
+             "--out", str(tmp_path / "out"), "--source", f"ieee8023={synth_root / 'ieee8023'}",
+             "--source", f"rsna={synth_root / 'rsna'}"],
+            capture_output=True, text=True, timeout=900, cwd=ROOT)
+        assert run.returncode == 0, run.stderr[-3000:]
+        workers = set(client.scheduler_info()["workers"])
+        annotations = client.run_on_scheduler(seen)
+    per_home: dict[str, int] = {}
+    for key, seen_with in annotations.items():
+        if "extract" in key or "gradcam" in key:
+            assert seen_with["allow_other_workers"] is True and seen_with["resources"] == {
+                "GPU": 1}, key
+            assert len(seen_with["workers"]) == 1, seen_with
+            per_home[seen_with["workers"][0]] = per_home.get(seen_with["workers"][0], 0) + 1
+        elif "train" in key:
+            assert "workers" not in seen_with, key
+    # a model's three backbone tasks (its extraction, its control's, its panel) on one
+    # home, the two models on different workers
+    assert set(per_home) == workers and sorted(per_home.values()) == [3, 3], per_home

@@ -74,6 +74,29 @@ def test_the_panels_path_gives_the_exported_models_heat_maps(net):
     backbone_cache.forget()
 
 
+def test_the_pooled_method_follows_layers_after_the_pooling():
+    """ConvNeXt normalises its pooled features (a LayerNormalization after the pooling):
+    the pooled method goes through it and still equals the full gradient method."""
+    import keras
+
+    from covid_pipeline import export, gradcam
+
+    rng = np.random.default_rng(1)
+    head = [rng.normal(0, 0.1, (768, 64)).astype("float32"), np.zeros(64, "float32"),
+            rng.normal(0, 0.3, (64, 2)).astype("float32"), np.zeros(2, "float32")]
+    net = export.build_model(CFG, "ConvNeXtTiny", 96, head)
+    images = np.stack([radiograph(s, s % 2 == 0) for s in range(2)])[..., None]
+    want_cams, want_scores = gradcam.heatmaps(net, images)
+    pipeline, backbone, head_model = gradcam.parts(net)
+    pooling = next(layer for layer in backbone.layers if "pool" in layer.name)
+    maps = keras.Model(backbone.inputs, pooling.input)(pipeline(images.astype("float32")))
+    cams, scores = gradcam.pooled_heatmaps(np.asarray(maps), head_model, backbone)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-6)
+    np.testing.assert_allclose(cams, want_cams, atol=1e-5)
+    assert backbone.layers[-1] is not pooling  # the case under test
+    keras.backend.clear_session()
+
+
 def test_outside_share_is_the_mass_outside_the_controls_central_box():
     from covid_pipeline import gradcam
 
