@@ -8,8 +8,9 @@ worker keeps what it built, keyed by everything that decides the backbone's func
 
 ``COVID_PIPELINE_BACKBONES`` backbones per process (default 2; 0 keeps none), the least
 recently used dropped first. A GPU worker keeps their weights in GPU memory meanwhile (at
-most a few hundred MB each); a task's ``clear_session()`` does not drop them. The flow
-sends a model's backbone tasks to one home worker (:func:`cluster.home_workers`).
+most a few hundred MB each), and its tasks skip Keras' ``clear_session`` while it keeps
+any (:func:`end_of_task`). The flow sends a model's backbone tasks to one home worker
+(:func:`cluster.home_workers`).
 """
 
 from __future__ import annotations
