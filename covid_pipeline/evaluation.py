@@ -33,41 +33,6 @@ def pooled_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float | N
     return {m: values[m] for m in CI_METRICS}
 
 
-def fast_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
-    """:func:`pooled_metrics` in a few NumPy operations, for the bootstrap's thousands of
-    resamples (scikit-learn's took ~70x longer: 13.8 vs 0.19 ms at 360 images);
-    tests/test_evaluation.py holds it equal to scikit-learn. The same threshold (p > 0.5)
-    and zero_division=0."""
-    y = np.asarray(labels) == 1
-    p = np.asarray(probs, dtype=np.float64)
-    pred = p > 0.5
-    tp, fn = int(np.sum(pred & y)), int(np.sum(~pred & y))
-    fp, tn = int(np.sum(pred & ~y)), int(np.sum(~pred & ~y))
-    sens = tp / (tp + fn) if tp + fn else 0.0
-    spec = tn / (tn + fp) if tn + fp else 0.0
-    present = [r for r, count in ((sens, tp + fn), (spec, tn + fp)) if count]
-    m, n = tp + fn, tn + fp
-    auc = None
-    if m and n:  # Mann-Whitney: ties count one half
-        auc = float((average_ranks(p)[y].sum() - m * (m + 1) / 2) / (m * n))
-    return {"auc": auc, "balanced_accuracy": float(np.mean(present)), "sensitivity": sens,
-            "specificity": spec, "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0}
-
-
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """``scipy.stats.rankdata(values)`` (ties get their average rank) by scipy's own
-    algorithm, without its per-call array-API overhead (~0.15 ms, which the bootstrap pays
-    thousands of times); tests/test_evaluation.py holds the two equal."""
-    sorter = np.argsort(values, kind="mergesort")
-    inverse = np.empty(len(values), dtype=np.intp)
-    inverse[sorter] = np.arange(len(values), dtype=np.intp)
-    ordered = values[sorter]
-    first = np.r_[True, ordered[1:] != ordered[:-1]]
-    dense = first.cumsum()[inverse]
-    count = np.r_[np.nonzero(first)[0], len(first)]
-    return 0.5 * (count[dense] + count[dense - 1] + 1)
-
-
 def patient_resamples(groups: Sequence[str], labels: np.ndarray, n_resamples: int,
                       seed: int) -> list[np.ndarray]:
     """Image indices of each bootstrap resample: per class, as many patients as the class
@@ -103,14 +68,14 @@ RESAMPLE_BLOCK = 256  # resamples evaluated at once (memory: block x images floa
 
 def resampled_metrics(labels: np.ndarray, probs: np.ndarray, counts: np.ndarray
                       ) -> dict[str, np.ndarray]:
-    """:func:`fast_metrics` of many resamples at once, NaN where undefined: ``counts``
-    [B, N] holds how many times each image is in each resample.
+    """:func:`pooled_metrics` of many resamples at once, NaN where undefined: ``counts``
+    [B, N] holds how many times each image is in each resample (scikit-learn's, resample by
+    resample, took ~70x longer: 13.8 vs 0.19 ms at 360 images; tests/test_evaluation.py
+    holds the two equal). The same threshold (p > 0.5) and zero_division=0.
 
     The confusion counts are weighted sums; the AUC is Mann-Whitney's U over weighted
     images (a positive above a negative counts one, a tie one half), from one sort of the
-    probabilities for every resample: the same value as ranking each resample (ties get
-    their average rank), without a sort per resample (tests/test_evaluation.py holds the
-    two equal)."""
+    probabilities for every resample instead of a ranking of each."""
     y = np.asarray(labels) == 1
     p = np.asarray(probs, dtype=np.float64)
     pred = p > 0.5
