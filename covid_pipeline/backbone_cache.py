@@ -2,9 +2,10 @@
 
 A model's extraction, its border-only control's extraction and its Grad-CAM panel all run
 the same frozen backbone; a re-run after a data update runs them on a handful of images.
-Building ResNet50 and tracing its pass cost ~2 s, the pass on five images ~0.1 s: a
-worker keeps what it built, keyed by everything that decides the backbone's function
-(model, input size, weights' digest, seed, precision), so later tasks pay neither again.
+An extraction of five new images took ~2 s with ResNet50's build and trace and ~0.35 s
+without (96 px, CPU, measured here): a worker keeps what it built, keyed by everything
+that decides the backbone's function (model, input size, weights' digest, seed,
+precision), so later tasks pay neither again.
 
 ``COVID_PIPELINE_BACKBONES`` backbones per process (default 2; 0 keeps none), the least
 recently used dropped first. A GPU worker keeps their weights in GPU memory meanwhile (at
@@ -80,8 +81,8 @@ def backbone(model: str, cfg: BenchmarkConfig, precision: str) -> Backbone:
 def end_of_task() -> None:
     """What a task that ran a backbone does last: Keras' ``clear_session`` (state, kernel
     caches, a full garbage collection) when this process keeps no backbone; nothing when
-    it does: the kept ones hold the memory it would free, and a cleared kernel cache costs
-    the next pass ~0.4 s (ResNet50, CPU) to set its kernels up again."""
+    it does: the kept ones hold the memory it would free, and a cleared kernel cache cost
+    the next pass 0.2-0.5 s (ResNet50, CPU, measured here) to set its kernels up again."""
     if kept_limit() == 0:
         import keras
 
