@@ -589,8 +589,9 @@ def write(df: pd.DataFrame, ctx: LeaderboardContext, folders: list[str]) -> dict
     return uris
 
 
-BOARD_FORMAT = 2  # bump when the board made from the same inputs changes (2: intervals
-# from the vectorised bootstrap, equal up to float rounding)
+BOARD_FORMAT = 3  # bump when the board made from the same inputs changes (2: intervals
+# from the vectorised bootstrap, equal up to float rounding; 3: resamples drawn a block at a
+# time, other seeded draws)
 
 
 def inputs_digest(records: list[dict[str, Any]], failures: dict[str, str], models: list[str],

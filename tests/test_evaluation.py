@@ -78,11 +78,18 @@ def manual_holm(p):
     return adjusted
 
 
-def test_holm_matches_the_step_down_definition_and_keeps_nan():
+def test_holm_matches_the_step_down_definition_and_statsmodels_and_keeps_nan():
+    from statsmodels.stats.multitest import multipletests
+
     p = [0.01, 0.04, 0.03, 0.005, 0.2]
     np.testing.assert_allclose(ev.holm(p), manual_holm(np.array(p)))
     out = ev.holm([0.01, float("nan"), 0.04])
     assert np.isnan(out[1]) and out[0] == pytest.approx(0.02) and out[2] == pytest.approx(0.04)
+    rng = np.random.default_rng(3)
+    for m in (1, 2, 7, 40):  # ties, values whose correction passes 1
+        p = np.round(rng.uniform(0, 0.6, m) ** 2, 2)
+        np.testing.assert_array_equal(ev.holm(p), multipletests(p, method="holm")[1])
+    assert ev.holm([]) == [] and np.isnan(ev.holm([float("nan")])).all()
 
 
 def test_bootstrap_moves_a_patients_images_together_and_stratifies_by_class():
@@ -90,13 +97,18 @@ def test_bootstrap_moves_a_patients_images_together_and_stratifies_by_class():
     groups = [f"p{i}" for i in range(30)] + ["planted"] * 5 + [f"n{i}" for i in range(35)]
     labels = np.array([1] * 35 + [0] * 35)
     planted = np.arange(30, 35)
-    for idx in ev.patient_resamples(groups, labels, 300, seed=1):
-        counts = np.bincount(idx, minlength=70)
+    blocks = list(ev.patient_resamples(groups, labels, 300, seed=1))
+    assert [len(b) for b in blocks] == [256, 44]
+    draws = np.concatenate(blocks)
+    assert len({tuple(row) for row in draws}) > 290  # resamples differ
+    for counts in draws:
         assert len(set(counts[planted].tolist())) == 1  # all five, the same number of times
         # per class, as many patients drawn as the class has (31 COVID-19, 35 normal): each
         # draw of the planted patient brings 5 images, of any other patient 1
-        assert sum(1 for i in idx if labels[i] == 0) == 35
+        assert counts[labels == 0].sum() == 35
         assert counts[:35].sum() - 4 * counts[30] == 31
+    again = np.concatenate(list(ev.patient_resamples(groups, labels, 300, seed=1)))
+    np.testing.assert_array_equal(draws, again)  # seeded: every model resampled alike
     probs = np.clip(labels * 0.4 + rng.normal(0.3, 0.25, 70), 0, 1)
     ci = ev.bootstrap_intervals(labels, probs, groups, n_resamples=500, seed=2)
     point = ev.point_estimates(labels, probs)
@@ -122,7 +134,8 @@ def slow_bootstrap(labels, probs, groups, n_resamples, seed):
     """Percentile intervals from scikit-learn's metrics resample by resample (the mean over
     repeats of the defined values)."""
     draws: dict[str, list[float]] = {}
-    for idx in ev.patient_resamples(groups, labels, n_resamples, seed):
+    for counts in np.concatenate(list(ev.patient_resamples(groups, labels, n_resamples, seed))):
+        idx = np.repeat(np.arange(len(labels)), counts)  # the resample written out
         per_repeat = [ev.pooled_metrics(labels[idx], row[idx]) for row in np.atleast_2d(probs)]
         for name in ev.CI_METRICS:
             values = [r[name] for r in per_repeat if r[name] is not None]
@@ -137,10 +150,10 @@ def test_the_vectorised_bootstrap_equals_one_resample_at_a_time():
     groups = [f"p{i // 3}" for i in range(90)]  # three images a patient
     labels = np.array([int(i < 45) for i in range(90)])
     probs = np.round(np.clip(labels * 0.3 + rng.normal(0.35, 0.25, (2, 90)), 0, 1), 1)  # ties
-    resamples = ev.patient_resamples(groups, labels, 300, seed=3)
-    counts = np.stack([np.bincount(idx, minlength=90) for idx in resamples])
+    counts = np.concatenate(list(ev.patient_resamples(groups, labels, 300, seed=3)))
     fast = ev.resampled_metrics(labels, probs[0], counts)
-    for k, idx in enumerate(resamples):
+    for k, row in enumerate(counts):
+        idx = np.repeat(np.arange(90), row)
         one = ev.pooled_metrics(labels[idx], probs[0][idx])
         for name in ev.CI_METRICS:
             assert fast[name][k] == pytest.approx(one[name], abs=1e-12), (name, k)
