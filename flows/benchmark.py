@@ -44,7 +44,7 @@ from tasks.data import (
     write_shards,
 )
 from tasks.external import external_dataset, train_external_task
-from tasks.features import extract_features_task, gradcam_task
+from tasks.features import extract_features_task, model_figures_task
 from tasks.report import aggregate, log_mlflow
 from tasks.training import stored_results_task, train_baseline_task, train_fold_task
 
@@ -151,14 +151,16 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
             with gpu_work(), dask.annotate(priority=costs[model]):
                 fut = train_fold_task.submit(dataset_uri, model, fold, config, out)
         futures[fut] = (model, repeat, fold, control)
-    # each model's Grad-CAM panel as soon as its repeat-0 heads are stored, before heads
-    # still waiting on its home worker (which it needs: the heads can go anywhere)
+    # each model's figures (curves, Grad-CAM panel) as soon as its repeat-0 heads are
+    # stored, on workers while other models train, before heads still waiting on its home
+    # worker (which the panel needs: the heads can go anywhere)
     panel_futures = {}
-    for model in cfg.models if cfg.gradcam_images else ():
+    for model in cfg.models:
         with gpu_work(), at_home(model), dask.annotate(priority=PANEL_PRIORITY):
-            panel_futures[model] = gradcam_task.submit(dataset_uri, model, config, out, wait_for=[
-                f for f, (m, repeat, _, control) in futures.items()
-                if m == model and repeat == 0 and not control])  # the heads a panel reads
+            panel_futures[model] = model_figures_task.submit(
+                dataset_uri, model, config, out, fold_records=[
+                    f for f, (m, repeat, _, control) in futures.items()
+                    if m == model and repeat == 0 and not control])
     records: list[dict] = []
     control_records: list[dict] = []
     failures: dict[str, str] = {}
@@ -166,7 +168,7 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
     # the terminal's progress also counts the extractions and panels (nothing else reads
     # them here: the heads' and the panels' own collection below does)
     others = {f: f"extract-{m}{'-control' if c else ''}" for (m, c), f in extract.items()}
-    others.update({f: f"gradcam-{m}" for m, f in panel_futures.items()})
+    others.update({f: f"figures-{m}" for m, f in panel_futures.items()})
     progress.planned(len(futures) + len(others))
     done = 0
     for fut in as_completed([*futures, *others]):
@@ -225,18 +227,23 @@ def dask_workers() -> dict[str, dict[str, Any]]:
 
 
 def gradcam_panels(futures: dict[str, Any], failures: dict[str, str]) -> tuple[dict, dict]:
-    """Each trained model's Grad-CAM panel (those of failed models did not run); a failed
-    panel is logged and the leaderboard goes on without its column's value."""
+    """Each trained model's Grad-CAM panel from its figures task (those of failed models
+    did not run; none when panels are off); a failed one is logged and the leaderboard goes
+    on without its column's value (the aggregation draws the curves it lacks)."""
     logger = get_run_logger()
     panels, panel_failures = {}, {}
     for model, fut in futures.items():
         if model in failures:
             continue
         try:
-            panels[model] = fut.result()
+            panel = fut.result()
         except Exception as exc:  # noqa: BLE001 - the board stands without it
             panel_failures[model] = one_line(exc)
-            logger.error("model %s Grad-CAM panel failed: %s", model, panel_failures[model])
+            logger.error("model %s figures (Grad-CAM panel, curves) failed: %s", model,
+                         panel_failures[model])
+            continue
+        if panel is not None:
+            panels[model] = panel
     return panels, panel_failures
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from covid_pipeline import curves, layout
 from covid_pipeline.config import BenchmarkConfig
 from covid_pipeline.features import extract_features
+from covid_pipeline.shards import load_dataset
 from tasks.retries import RETRY
 
 
@@ -25,10 +27,19 @@ def extract_features_task(dataset_uri: str, model: str, config: dict, out: str,
                             control, views)
 
 
-@task(name="gradcam", task_run_name="gradcam-{model}", **RETRY, cache_policy=NO_CACHE)
-def gradcam_task(dataset_uri: str, model: str, config: dict, out: str) -> dict:
-    """The model's Grad-CAM panel of out-of-fold images under their folds' heads (reused
-    while the heads and settings are unchanged); its mean heat share outside the box."""
+@task(name="model-figures", task_run_name="figures-{model}", **RETRY, cache_policy=NO_CACHE)
+def model_figures_task(dataset_uri: str, model: str, config: dict, out: str,
+                       fold_records: list[dict]) -> dict | None:
+    """A model's figures once its repeat-0 folds are trained (``fold_records``): the
+    training curves (``curves.png``) and, unless ``gradcam_images`` is 0, the Grad-CAM
+    panel of out-of-fold images under their folds' heads (reused while the heads and
+    settings are unchanged). Returns the panel's summary (its mean heat share outside the
+    box) or None."""
+    cfg = BenchmarkConfig.from_dict(config)
+    results = layout.results(out, load_dataset(dataset_uri).version, cfg.config_hash())
+    curves.write_model_curves(fold_records, results, model)
+    if not cfg.gradcam_images:
+        return None
     from covid_pipeline import gradcam  # Keras: seconds to import
 
-    return gradcam.model_panel(dataset_uri, model, BenchmarkConfig.from_dict(config), out)
+    return gradcam.model_panel(dataset_uri, model, cfg, out)

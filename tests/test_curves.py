@@ -24,3 +24,29 @@ def test_curves_of_repeat_zero_folds_per_model_without_the_control(tmp_path):
     for model in uris:
         png = (tmp_path / model / "curves.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_a_models_curves_are_drawn_once_and_again_only_when_they_change(tmp_path,
+                                                                        monkeypatch):
+    """The PNG carries the digest of its curves: a worker's drawing is not repeated by the
+    aggregation; changed curves, a PNG drawn before digests, or a damaged file are redrawn."""
+    records = [record("VGG16", k) for k in range(3)]
+    drawn = []
+    draw = curves.curves_png
+    monkeypatch.setattr(curves, "curves_png", lambda m, b: drawn.append(m) or draw(m, b))
+    uri = curves.write_model_curves(records, str(tmp_path), "VGG16")
+    png = tmp_path / "VGG16" / "curves.png"
+    assert uri == str(png) and drawn == ["VGG16"]
+    assert curves.drawn_key(uri) == curves.curves_key("VGG16", curves.fold_curves(records,
+                                                                                 "VGG16"))
+    assert curves.write_curves(records, str(tmp_path)) == {"VGG16": uri}
+    assert drawn == ["VGG16"]  # current: not drawn again
+    records[1]["curves"]["val_loss"][-1] += 0.01  # a retrained fold
+    curves.write_curves(records, str(tmp_path))
+    assert drawn == ["VGG16"] * 2
+    assert curves.write_model_curves(records, str(tmp_path), "ResNet50") is None  # no folds
+    png.write_bytes(png.read_bytes()[:100])  # damaged
+    curves.write_curves(records, str(tmp_path))
+    png.write_bytes(b"not a png")
+    curves.write_curves(records, str(tmp_path))
+    assert drawn == ["VGG16"] * 4 and curves.drawn_key(uri) is not None

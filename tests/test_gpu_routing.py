@@ -64,7 +64,7 @@ def test_extraction_runs_only_on_the_gpu_worker_heaviest_first(scheduler, synth_
     # Dask priorities in proportion to the backbone work (with one epoch, both passes of an
     # image for the full images and for the control), and the heavier model (VGG16) first.
     # no home workers here: their loose restriction would let cpu0 steal GPU work
-    panels = [key for key in annotations if "gradcam" in str(key)]
+    panels = [key for key in annotations if "model_figures" in str(key)]
     assert len(panels) == len(MODELS)
     assert all("workers" not in annotations[key] for key in [k for _, k, _ in extract] + panels)
     # a panel runs as soon as its heads are stored, before heads queued on its worker
@@ -103,7 +103,7 @@ def test_each_models_backbone_work_goes_to_its_home_worker(prefect_api, synth_ro
         annotations = client.run_on_scheduler(seen)
     per_home: dict[str, int] = {}
     for key, seen_with in annotations.items():
-        if "extract" in key or "gradcam" in key:
+        if "extract" in key or "model_figures" in key:
             assert seen_with["allow_other_workers"] is True and seen_with["resources"] == {
                 "GPU": 1}, key
             assert len(seen_with["workers"]) == 1, seen_with
