@@ -9,17 +9,19 @@ the acquisition, not the disease.
 
 from __future__ import annotations
 
+import io
 import time
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from covid_pipeline import imaging, layout, storage
+from covid_pipeline import layout, storage
 from covid_pipeline.config import BenchmarkConfig
 from covid_pipeline.folds import repeat_folds
 from covid_pipeline.metrics import fold_metrics
@@ -54,13 +56,17 @@ def acquisition_features(manifest: pd.DataFrame, histograms: dict[str, np.ndarra
     return out
 
 
-def histogram(pixels: np.ndarray) -> np.ndarray:
-    """The share of pixels in each of :data:`HISTOGRAM_BINS` equal intensity bins."""
-    return np.histogram(pixels, bins=HISTOGRAM_BINS, range=(0, 256))[0] / pixels.size
+def histogram(png: bytes) -> np.ndarray:
+    """The share of a grey PNG's pixels in each of :data:`HISTOGRAM_BINS` equal intensity
+    bins (Pillow's 256-level count, summed in runs: a fifth of decoding to an array for
+    ``np.histogram``)."""
+    with Image.open(io.BytesIO(png)) as image:
+        counts = np.asarray(image.convert("L").histogram(), dtype=np.float64)
+    return counts.reshape(HISTOGRAM_BINS, -1).sum(axis=1) / counts.sum()
 
 
 def intensity_histograms(info: DatasetInfo, batch: int = 256) -> dict[str, np.ndarray]:
-    """image_id → :func:`histogram` of its normalised image, decoding the dataset version's
+    """image_id → :func:`histogram` of its normalised image, reading the dataset version's
     Parquet images ``batch`` rows at a time (never all images at once)."""
     out = {}
     for k in range(info.n_folds):
@@ -68,8 +74,7 @@ def intensity_histograms(info: DatasetInfo, batch: int = 256) -> dict[str, np.nd
             for rows in pq.ParquetFile(fh).iter_batches(batch_size=batch,
                                                         columns=["image_id", "png"]):
                 ids, pngs = rows.column("image_id").to_pylist(), rows.column("png").to_pylist()
-                out.update({str(i): histogram(imaging.decode_png(png))
-                            for i, png in zip(ids, pngs, strict=True)})
+                out.update({str(i): histogram(png) for i, png in zip(ids, pngs, strict=True)})
     return out
 
 

@@ -50,6 +50,7 @@ from tasks.training import stored_results_task, train_baseline_task, train_fold_
 
 MAX_ERROR = 300
 PANEL_PRIORITY = 1  # a panel before the heads (priority 0) queued on its worker
+PROGRESS_SECONDS = 1.0  # the training-progress artifact: at most one update a second
 
 
 def one_line(exc: BaseException) -> str:
@@ -165,12 +166,13 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
     control_records: list[dict] = []
     failures: dict[str, str] = {}
     control_failures: dict[str, str] = {}
-    # the terminal's progress also counts the extractions and panels (nothing else reads
+    # the terminal's progress also counts the extractions and figures (nothing else reads
     # them here: the heads' and the panels' own collection below does)
     others = {f: f"extract-{m}{'-control' if c else ''}" for (m, c), f in extract.items()}
     others.update({f: f"figures-{m}" for m, f in panel_futures.items()})
     progress.planned(len(futures) + len(others))
     done = 0
+    paced = progress.Every(PROGRESS_SECONDS)
     for fut in as_completed([*futures, *others]):
         if fut in others:
             progress.finished(others[fut], fut.state.is_completed())
@@ -189,7 +191,8 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
             (control_failures if control else failures).setdefault(model, f"{where}: {cause}")
             logger.error("model %s %s%s failed: %s", model,
                          "border-only control " if control else "", where, cause)
-        update_progress_artifact(progress_artifact, progress=100.0 * done / len(jobs))
+        if paced.due(last=done == len(jobs)):
+            update_progress_artifact(progress_artifact, progress=100.0 * done / len(jobs))
     external_records, external_failures = [], {}
     for fut, model in external.items():
         try:

@@ -56,3 +56,15 @@ def test_the_board_says_when_the_baseline_reaches_the_top_tier():
     records = [rec(baseline.NAME, k, [0.1, 0.2, 0.8, 0.9]) for k in (0, 1)] + records[2:]
     assert "acquisition, not the disease" not in lb.to_markdown(
         lb.build(records, {}, ["VGG16", baseline.NAME], ctx), ctx)
+
+
+def test_the_intensity_histogram_equals_numpys_of_the_decoded_image():
+    from covid_pipeline import imaging
+
+    rng = np.random.default_rng(1)
+    for shape in ((64, 64), (33, 50), (1, 1)):
+        pixels = rng.integers(0, 256, shape).astype(np.uint8)
+        pixels.flat[0] = 255  # the top edge of the last bin
+        want = np.histogram(pixels, bins=baseline.HISTOGRAM_BINS, range=(0, 256))[0]
+        np.testing.assert_array_equal(baseline.histogram(imaging.encode_png(pixels)),
+                                      want / pixels.size)
