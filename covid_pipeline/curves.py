@@ -13,6 +13,8 @@ import io
 import json
 from typing import Any
 
+from PIL import Image, UnidentifiedImageError
+
 from covid_pipeline import layout, storage
 
 PANELS = (("loss", "cross-entropy loss"), ("accuracy", "accuracy"))
@@ -68,8 +70,6 @@ def curves_png(model: str, by_fold: dict[int, dict[str, list[float]]]) -> bytes:
 
 def drawn_key(uri: str) -> str | None:
     """The :func:`curves_key` a stored curves PNG was drawn from (None: none readable)."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(io.BytesIO(storage.read_bytes(uri))) as image:
             return image.text.get(KEY)  # type: ignore[attr-defined]

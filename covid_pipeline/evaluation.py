@@ -191,7 +191,8 @@ def delong_test(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray
 
 def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm-corrected p-values (as statsmodels' ``multipletests(method="holm")``): the
-    k-th smallest of m times (m - k + 1), made non-decreasing, at most 1; NaN stays."""
+    k-th smallest of m p-values times (m - k + 1), made non-decreasing, at most 1; NaN
+    stays."""
     p = np.asarray(pvalues, dtype=np.float64)
     out = np.full(p.shape, np.nan)
     ok = np.flatnonzero(~np.isnan(p))
