@@ -13,12 +13,13 @@ import io
 import json
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from covid_pipeline import layout, storage
 
 PANELS = (("loss", "cross-entropy loss"), ("accuracy", "accuracy"))
 KEY = "covid-pipeline-curves"  # the PNG text chunk holding the digest of the curves drawn
+CURVES_FORMAT = 2  # in the digest: a change of the drawing redraws stored curves once
 
 
 def fold_curves(records: list[dict[str, Any]], model: str) -> dict[int, dict[str, list[float]]]:
@@ -30,8 +31,8 @@ def fold_curves(records: list[dict[str, Any]], model: str) -> dict[int, dict[str
 
 def curves_key(model: str, by_fold: dict[int, dict[str, list[float]]]) -> str:
     """The digest of what :func:`curves_png` draws."""
-    text = json.dumps({"model": model, "folds": {str(k): v for k, v in by_fold.items()}},
-                      sort_keys=True)
+    text = json.dumps({"format": CURVES_FORMAT, "model": model,
+                       "folds": {str(k): v for k, v in by_fold.items()}}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -72,10 +73,10 @@ def drawn_key(uri: str) -> str | None:
     """The :func:`curves_key` a stored curves PNG was drawn from (None: none readable)."""
     try:
         with Image.open(io.BytesIO(storage.read_bytes(uri))) as image:
-            return image.text.get(KEY)  # type: ignore[attr-defined]
-    except (FileNotFoundError, storage.StorageError, UnidentifiedImageError, OSError,
-            AttributeError):
+            key = image.info.get(KEY)  # the text chunks before the pixels: nothing decoded
+    except (FileNotFoundError, storage.StorageError, OSError, ValueError, SyntaxError):
         return None
+    return key if isinstance(key, str) else None
 
 
 def write_model_curves(records: list[dict[str, Any]], results_uri: str, model: str

@@ -34,7 +34,9 @@ def pooled_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float | N
     return {m: values[m] for m in CI_METRICS}
 
 
-RESAMPLE_BLOCK = 256  # resamples drawn and evaluated at once (memory: block x images floats)
+# resamples drawn and evaluated at once (memory: block x images floats); the draws depend on
+# it: a change needs a new BOARD_FORMAT (stored boards are reused by it)
+RESAMPLE_BLOCK = 256
 
 
 def patient_resamples(groups: Sequence[str], labels: np.ndarray, n_resamples: int,

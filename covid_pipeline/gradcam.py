@@ -30,6 +30,8 @@ from covid_pipeline.head import build_head
 from covid_pipeline.shards import load_dataset, read_parquet
 from covid_pipeline.tfsetup import backbone_precision, configure_tensorflow
 
+PANEL_FORMAT = 2  # in a panel's key: a change of the drawing redraws stored panels once
+
 
 def parts(net: Any) -> tuple[Any, Any, Any]:
     """(input pipeline, backbone, head) of a model :func:`export.build_model` made."""
@@ -261,7 +263,8 @@ def panel_key(results_uri: str, model: str, cfg: Any, version: str) -> tuple[
         dict[int, list[np.ndarray]], str]:
     """The model's fold heads and the key of a panel made from them under ``cfg``."""
     heads, digest = fold_heads(results_uri, model, cfg.folds)
-    return heads, f"{digest}:{cfg.gradcam_images}:{cfg.control_box}:{cfg.seed}:{version}"
+    return heads, (f"{PANEL_FORMAT}:{digest}:{cfg.gradcam_images}:{cfg.control_box}:"
+                   f"{cfg.seed}:{version}")
 
 
 def stored_panels(results_uri: str, cfg: Any, version: str) -> dict[str, dict] | None:

@@ -50,7 +50,6 @@ from tasks.training import stored_results_task, train_baseline_task, train_fold_
 
 MAX_ERROR = 300
 PANEL_PRIORITY = 1  # a panel before the heads (priority 0) queued on its worker
-PROGRESS_SECONDS = 1.0  # the training-progress artifact: at most one update a second
 
 
 def one_line(exc: BaseException) -> str:
@@ -152,11 +151,12 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
             with gpu_work(), dask.annotate(priority=costs[model]):
                 fut = train_fold_task.submit(dataset_uri, model, fold, config, out)
         futures[fut] = (model, repeat, fold, control)
-    # each model's figures (curves, Grad-CAM panel) as soon as its repeat-0 heads are
+    # each model's figures (Grad-CAM panel, curves) as soon as its repeat-0 heads are
     # stored, on workers while other models train, before heads still waiting on its home
-    # worker (which the panel needs: the heads can go anywhere)
+    # worker (which the panel needs: the heads can go anywhere); without panels the
+    # aggregation draws the curves
     panel_futures = {}
-    for model in cfg.models:
+    for model in cfg.models if cfg.gradcam_images else ():
         with gpu_work(), at_home(model), dask.annotate(priority=PANEL_PRIORITY):
             panel_futures[model] = model_figures_task.submit(
                 dataset_uri, model, config, out, fold_records=[
@@ -172,7 +172,6 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
     others.update({f: f"figures-{m}" for m, f in panel_futures.items()})
     progress.planned(len(futures) + len(others))
     done = 0
-    paced = progress.Every(PROGRESS_SECONDS)
     for fut in as_completed([*futures, *others]):
         if fut in others:
             progress.finished(others[fut], fut.state.is_completed())
@@ -191,8 +190,7 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
             (control_failures if control else failures).setdefault(model, f"{where}: {cause}")
             logger.error("model %s %s%s failed: %s", model,
                          "border-only control " if control else "", where, cause)
-        if paced.due(last=done == len(jobs)):
-            update_progress_artifact(progress_artifact, progress=100.0 * done / len(jobs))
+        update_progress_artifact(progress_artifact, progress=100.0 * done / len(jobs))
     external_records, external_failures = [], {}
     for fut, model in external.items():
         try:
@@ -231,22 +229,19 @@ def dask_workers() -> dict[str, dict[str, Any]]:
 
 def gradcam_panels(futures: dict[str, Any], failures: dict[str, str]) -> tuple[dict, dict]:
     """Each trained model's Grad-CAM panel from its figures task (those of failed models
-    did not run; none when panels are off); a failed one is logged and the leaderboard goes
-    on without its column's value (the aggregation draws the curves it lacks)."""
+    did not run); a failed one is logged and the leaderboard goes on without its column's
+    value (the aggregation draws the curves it lacks)."""
     logger = get_run_logger()
     panels, panel_failures = {}, {}
     for model, fut in futures.items():
         if model in failures:
             continue
         try:
-            panel = fut.result()
+            panels[model] = fut.result()
         except Exception as exc:  # noqa: BLE001 - the board stands without it
             panel_failures[model] = one_line(exc)
             logger.error("model %s figures (Grad-CAM panel, curves) failed: %s", model,
                          panel_failures[model])
-            continue
-        if panel is not None:
-            panels[model] = panel
     return panels, panel_failures
 
 

@@ -6,7 +6,6 @@ tests run without one). The display is rich's progress bar on a terminal only: t
 the run is in, GPU/training tasks finished of planned (extractions, (model, repeat, fold)
 heads, model figures), the last task finished, elapsed and estimated time left. When
 output is not a terminal there is no display (no control characters in a log file).
-:class:`Every` paces the UI's training-progress artifact.
 """
 
 from __future__ import annotations
@@ -14,8 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 _display: Display | None = None
@@ -52,24 +50,6 @@ class Display:
     def finished(self, name: str, ok: bool = True) -> None:
         self.progress.update(self.task, advance=1,
                              last=f"{name} {'done' if ok else 'FAILED'}")
-
-
-class Every:
-    """At most one update per ``seconds``, and always the last: the training-progress
-    artifact is an API call from the flow and work for the server, once per finished head
-    when unpaced (the run's CPUs are busy training then)."""
-
-    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.seconds, self.clock = seconds, clock
-        self.last: float | None = None
-
-    def due(self, last: bool = False) -> bool:
-        """Whether to update now (``last``: the final update, always)."""
-        now = self.clock()
-        if last or self.last is None or now - self.last >= self.seconds:
-            self.last = now
-            return True
-        return False
 
 
 def stage(text: str) -> None:

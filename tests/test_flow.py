@@ -54,8 +54,17 @@ def sklearn_metrics(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
 
 
 def test_two_models_two_folds_leaderboard_and_artifact(prefect_api, synth_root, tmp_path):
+    from covid_pipeline import curves as curves_module
+
     sources = [f"ieee8023={synth_root / 'ieee8023'}", f"rsna={synth_root / 'rsna'}"]
-    result = run(sources, tmp_path, folds=2, epochs=2)
+    drawn_here, draw = [], curves_module.curves_png
+    with pytest.MonkeyPatch.context() as mp:  # this process only: the workers draw unwatched
+        mp.setattr(curves_module, "curves_png",
+                   lambda model, by_fold: drawn_here.append(model) or draw(model, by_fold))
+        result = run(sources, tmp_path, folds=2, epochs=2)
+    # each model's curves drawn on a worker by its figures task: the aggregation found them
+    # current and drew none
+    assert drawn_here == []
     board = cnn_rows(pd.read_csv(tmp_path / "leaderboard.csv"))
     assert sorted(board["model"]) == ["ResNet50", "VGG16"]
     # ranked with the acquisition-only baseline (its row is left out here): two ranks of three

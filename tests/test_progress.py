@@ -100,13 +100,3 @@ def test_run_on_a_terminal_shows_progress_and_quiet_keeps_the_summary(synth_root
     assert not ANSI.search(piped.stdout + piped.stderr) and "\r" not in piped.stderr
     assert "INFO" in piped.stderr  # not a terminal: Prefect's log lines, no display
 
-
-def test_the_progress_artifact_is_updated_at_most_once_a_second_and_at_the_end():
-    now = [0.0]
-    paced = progress.Every(1.0, clock=lambda: now[0])
-    due = []
-    for t in (0.0, 0.2, 0.9, 1.0, 1.5, 2.1, 2.2):
-        now[0] = t
-        due.append(paced.due())
-    now[0] = 2.3
-    assert due == [True, False, False, True, False, True, False] and paced.due(last=True)
