@@ -1,9 +1,10 @@
 """Training curves of the heads: loss and accuracy per epoch, on the training batches and on
 the held-out fold, every fold of a model overlaid in one PNG (``<model>/curves.png``).
 
-A model's PNG is drawn on a worker as soon as its folds are trained (beside its Grad-CAM
-panel), and carries the digest of the curves it shows: the aggregation draws only what is
-missing or stale. matplotlib is imported inside :func:`curves_png` (slow to import).
+With Grad-CAM panels on, a model's PNG is drawn on a worker as soon as its folds are trained
+(after its panel); otherwise by the aggregation. The PNG carries the digest of the curves it
+shows: a rebuilt board draws only what is missing or stale. matplotlib is imported inside
+:func:`curves_png` (slow to import).
 """
 
 from __future__ import annotations

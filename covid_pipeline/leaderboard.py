@@ -16,10 +16,11 @@ import numpy as np
 import pandas as pd
 
 from covid_pipeline import control as controls
-from covid_pipeline import evaluation, layout, storage, zoo
+from covid_pipeline import curves, evaluation, layout, storage, zoo
 from covid_pipeline import external as externals
 from covid_pipeline.baseline import NAME as BASELINE
 from covid_pipeline.evaluation import CI_METRICS
+from covid_pipeline.gradcam import PANEL_FORMAT
 from covid_pipeline.metrics import METRICS, summarise
 from covid_pipeline.shards import read_parquet
 
@@ -599,7 +600,8 @@ def inputs_digest(records: list[dict[str, Any]], failures: dict[str, str], model
                   external: dict | None = None, gradcam: dict | None = None) -> str:
     """What a board is made from: the fold records in any order (less ``reused`` and
     ``timing``, which differ between runs of the same results), failures, models, context,
-    control and external results."""
+    control and external results, and the drawing formats of the curves and Grad-CAM panels
+    its report embeds (a new drawing rebuilds the report)."""
     def strip(recs: list[dict[str, Any]]) -> list[str]:  # in any order they finished
         return sorted(json.dumps({k: v for k, v in r.items() if k not in ("reused", "timing")},
                                  sort_keys=True, default=str) for r in recs)
@@ -608,7 +610,8 @@ def inputs_digest(records: list[dict[str, Any]], failures: dict[str, str], model
                "models": models, "context": ctx.__dict__,
                "control": control and {**control, "records": strip(control["records"])},
                "external": external and {**external, "records": strip(external["records"])},
-               "gradcam": gradcam}
+               "gradcam": gradcam,
+               "figures": {"curves": curves.CURVES_FORMAT, "panel": PANEL_FORMAT}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 

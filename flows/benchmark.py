@@ -240,8 +240,7 @@ def gradcam_panels(futures: dict[str, Any], failures: dict[str, str]) -> tuple[d
             panels[model] = fut.result()
         except Exception as exc:  # noqa: BLE001 - the board stands without it
             panel_failures[model] = one_line(exc)
-            logger.error("model %s figures (Grad-CAM panel, curves) failed: %s", model,
-                         panel_failures[model])
+            logger.error("model %s Grad-CAM panel failed: %s", model, panel_failures[model])
     return panels, panel_failures
 
 

@@ -39,8 +39,8 @@ def model_figures_task(dataset_uri: str, model: str, config: dict, out: str,
 
     cfg = BenchmarkConfig.from_dict(config)
     panel = gradcam.model_panel(dataset_uri, model, cfg, out)
-    results = layout.results(out, load_dataset(dataset_uri).version, cfg.config_hash())
     try:
+        results = layout.results(out, load_dataset(dataset_uri).version, cfg.config_hash())
         curves.write_model_curves(fold_records, results, model)
     except Exception as exc:  # noqa: BLE001 - the aggregation redraws missing curves
         get_run_logger().warning("model %s curves not drawn here (%s: %s); the aggregation "

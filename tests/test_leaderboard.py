@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from covid_pipeline import leaderboard as lb
 from covid_pipeline.metrics import METRICS, fold_metrics
@@ -158,6 +159,13 @@ def test_a_board_is_reused_only_for_the_same_inputs(tmp_path):
     assert lb.inputs_digest(records, {"VGG16": "fold 0: boom"}, models, CTX) != digest
     assert lb.inputs_digest(records, {}, models, CTX, control={
         "records": records, "failures": {}}) != digest
+    # a new drawing of the curves or Grad-CAM panels the report embeds rebuilds it
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lb.curves, "CURVES_FORMAT", lb.curves.CURVES_FORMAT + 1)
+        assert lb.inputs_digest(records, {}, models, CTX) != digest
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lb, "PANEL_FORMAT", lb.PANEL_FORMAT + 1)
+        assert lb.inputs_digest(records, {}, models, CTX) != digest
 
     first, other = str(tmp_path / "results"), str(tmp_path / "out")
     assert lb.stored([first, other], digest) is None  # nothing stored yet

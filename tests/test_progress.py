@@ -99,4 +99,3 @@ def test_run_on_a_terminal_shows_progress_and_quiet_keeps_the_summary(synth_root
     assert piped.returncode == 0, piped.stderr[-3000:]
     assert not ANSI.search(piped.stdout + piped.stderr) and "\r" not in piped.stderr
     assert "INFO" in piped.stderr  # not a terminal: Prefect's log lines, no display
-
