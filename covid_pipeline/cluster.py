@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +102,15 @@ def scheduler_workers(address: str) -> tuple[int, int]:
     check_one_thread_per_worker(address, workers)
     gpus = sum(w.get("resources", {}).get("GPU", 0) for w in workers.values())
     return len(workers), int(gpus)
+
+
+def on_every_worker(address: str, fn: Callable[..., Any], *args: Any) -> list[Any]:
+    """``fn(*args)`` run in every worker process of the cluster at ``address`` (Dask's
+    ``Client.run``: not a task, no scheduling); its results, one per worker."""
+    from distributed import Client
+
+    with Client(address, timeout="20s") as client:
+        return list(client.run(fn, *args).values())
 
 
 def check_one_thread_per_worker(address: str, workers: dict[str, dict[str, Any]]) -> None:

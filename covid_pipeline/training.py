@@ -44,7 +44,7 @@ from covid_pipeline.shards import (
     parquet_bytes,
     read_parquet,
 )
-from covid_pipeline.tfsetup import configure_tensorflow
+from covid_pipeline.tfsetup import backbone_precision, configure_tensorflow
 from covid_pipeline.weights import weights_digest
 
 log = logging.getLogger(__name__)
@@ -233,6 +233,15 @@ def stored_results(dataset_uri: str, cfg: BenchmarkConfig, out: str, precision: 
             return None
         records.append(record)
     return records
+
+
+def stored_results_here(dataset_uri: str, config: dict[str, Any], out: str,
+                        jobs: list[tuple[str, int, int, bool]]) -> list[dict[str, Any]] | None:
+    """:func:`stored_results` for this process's backbone precision and weights files: run
+    on each worker of a standing cluster (:func:`cluster.on_every_worker`), which alone
+    knows them (imports TensorFlow unless ``COVID_PIPELINE_PRECISION`` is set)."""
+    return stored_results(dataset_uri, BenchmarkConfig.from_dict(config), out,
+                          backbone_precision(), [tuple(j) for j in jobs])  # type: ignore[misc]
 
 
 def train_fold(dataset_uri: str, model_name: str, fold: int, cfg: BenchmarkConfig,

@@ -404,17 +404,20 @@ def covid_benchmark(
     runner = (ThreadPoolTaskRunner(max_workers=1) if spec.threads
               else DaskTaskRunner(**spec.runner_kwargs()))
     n_images = sum(dataset["counts"].values())
-    # a cluster this flow would start (not one at an address, whose workers' precision
-    # only they know) is not started when every fold result is stored already
-    stored = None if spec.address or ext else stored_results_task(
-        dataset["uri"], cfg.as_dict(), out, precision_for(n_gpus), training_jobs(cfg))
+    # when every fold result is stored already, a cluster this flow would start is not
+    # started, and a standing one runs no task (its workers, which alone know their
+    # precision and weights files, are asked)
+    stored = None if ext else stored_results_task(
+        dataset["uri"], cfg.as_dict(), out, None if spec.address else precision_for(n_gpus),
+        training_jobs(cfg), address=spec.address)
     # the acquisition-only baseline on the same folds (seconds, in this process), beside
     # the training
     baseline_future = train_baseline_task.submit(dataset["uri"], cfg.as_dict(), out)
     progress.stage("training")
     if stored is not None:
         logger.info("all %d fold results are stored for this dataset version and config; "
-                    "no training, no cluster started", len(stored["records"]))
+                    "no training, %s", len(stored["records"]),
+                    "no task on the cluster" if spec.address else "no cluster started")
         trained = reused_only(stored["records"], stored["gradcam"])
     else:
         with own_process_subflow():

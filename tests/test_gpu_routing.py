@@ -91,16 +91,22 @@ def test_each_models_backbone_work_goes_to_its_home_worker(prefect_api, synth_ro
                          ["--name", "gpu1", "--resources", "GPU=1"]]) as address, \
             Client(address) as client:
         client.register_plugin(GraphProbe())
-        run = subprocess.run(
-            [sys.executable, "-m", "flows.cli", "run", "--preset", "smoke",
-             "--models", ",".join(MODELS), "--folds", "2", "--epochs", "1",
-             "--input-size", "32", "--weights", "none", "--cluster", address,
-             "--out", str(tmp_path / "out"), "--source", f"ieee8023={synth_root / 'ieee8023'}",
-             "--source", f"rsna={synth_root / 'rsna'}"],
-            capture_output=True, text=True, timeout=900, cwd=ROOT)
+        args = [sys.executable, "-m", "flows.cli", "run", "--preset", "smoke",
+                "--models", ",".join(MODELS), "--folds", "2", "--epochs", "1",
+                "--input-size", "32", "--weights", "none", "--cluster", address,
+                "--out", str(tmp_path / "out"),
+                "--source", f"ieee8023={synth_root / 'ieee8023'}",
+                "--source", f"rsna={synth_root / 'rsna'}"]
+        run = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=ROOT)
         assert run.returncode == 0, run.stderr[-3000:]
         workers = set(client.scheduler_info()["workers"])
         annotations = client.run_on_scheduler(seen)
+        # an unchanged re-run on the standing cluster: its workers find every result
+        # stored, and no task reaches the scheduler
+        again = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=ROOT)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "fold results are stored" in again.stderr + again.stdout, again.stderr[-3000:]
+        assert client.run_on_scheduler(seen) == annotations
     per_home: dict[str, int] = {}
     for key, seen_with in annotations.items():
         if "extract" in key or "model_figures" in key:
