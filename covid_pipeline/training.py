@@ -45,7 +45,7 @@ from covid_pipeline.shards import (
     read_parquet,
 )
 from covid_pipeline.tfsetup import backbone_precision, configure_tensorflow
-from covid_pipeline.weights import weights_digest
+from covid_pipeline.weights import needs_download, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -239,9 +239,14 @@ def stored_results_here(dataset_uri: str, config: dict[str, Any], out: str,
                         jobs: list[tuple[str, int, int, bool]]) -> list[dict[str, Any]] | None:
     """:func:`stored_results` for this process's backbone precision and weights files: run
     on each worker of a standing cluster (:func:`cluster.on_every_worker`), which alone
-    knows them (imports TensorFlow unless ``COVID_PIPELINE_PRECISION`` is set)."""
-    return stored_results(dataset_uri, BenchmarkConfig.from_dict(config), out,
-                          backbone_precision(), [tuple(j) for j in jobs])  # type: ignore[misc]
+    knows them (imports TensorFlow unless ``COVID_PIPELINE_PRECISION`` is set). None, at
+    once, when a weights file would have to be downloaded first (not here: this runs outside
+    any task, on the worker's event loop; the extraction fetches it)."""
+    cfg = BenchmarkConfig.from_dict(config)
+    if any(needs_download(zoo.get(model), cfg) for model in {job[0] for job in jobs}):
+        return None
+    return stored_results(dataset_uri, cfg, out, backbone_precision(),
+                          [tuple(j) for j in jobs])  # type: ignore[misc]
 
 
 def train_fold(dataset_uri: str, model_name: str, fold: int, cfg: BenchmarkConfig,

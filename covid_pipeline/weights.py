@@ -50,10 +50,16 @@ def weights_file(spec: zoo.ModelSpec, cfg: BenchmarkConfig) -> Path | None:
         return None
     if weights != "imagenet":
         return Path(weights).expanduser()
-    path = keras_models_dir() / zoo.weights_ref(spec, cfg.input_size)[0]
-    if not path.is_file():
-        path = download_weights([spec.name], None, cfg.input_size)[spec.name]
-    return path
+    if needs_download(spec, cfg):
+        return download_weights([spec.name], None, cfg.input_size)[spec.name]
+    return keras_models_dir() / zoo.weights_ref(spec, cfg.input_size)[0]
+
+
+def needs_download(spec: zoo.ModelSpec, cfg: BenchmarkConfig) -> bool:
+    """Whether :func:`weights_file` would fetch the file (``imagenet``, not in the Keras
+    cache)."""
+    return backbone_weights(spec, cfg) == "imagenet" and not (
+        keras_models_dir() / zoo.weights_ref(spec, cfg.input_size)[0]).is_file()
 
 
 RANDOM_WEIGHTS = "random"

@@ -40,6 +40,27 @@ def test_weights_in_cache_or_folder_pass_and_none_needs_nothing(tmp_path, monkey
     assert weights.backbone_weights(spec, resolve_config("smoke", weights="none")) is None
 
 
+def test_a_worker_asked_for_stored_results_downloads_no_weights(tmp_path, monkeypatch):
+    """Asked outside any task (a standing cluster's unchanged re-run), a worker lacking a
+    weights file answers None at once: the extraction task fetches it."""
+    from covid_pipeline.training import stored_results_here
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(weights, "download_weights", lambda *a, **k: pytest.fail("download"))
+    cfg = resolve_config("smoke")
+    spec = zoo.get("VGG16")
+    assert weights.needs_download(spec, cfg)
+    assert not weights.needs_download(spec, resolve_config("smoke", weights="none"))
+    jobs = [("VGG16", 0, 0, False)]
+    assert stored_results_here(str(tmp_path / "no-dataset"), cfg.as_dict(), str(tmp_path),
+                               jobs) is None
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / zoo.weights_ref(spec, cfg.input_size)[0]).write_bytes(b"h5")
+    assert not weights.needs_download(spec, cfg)
+    assert weights.weights_file(spec, cfg) == tmp_path / "models" / zoo.weights_ref(
+        spec, cfg.input_size)[0]
+
+
 def test_weights_digest_follows_the_bytes_even_when_size_and_mtime_are_kept(tmp_path,
                                                                              monkeypatch):
     import hashlib
