@@ -75,7 +75,7 @@ def drawn_key(uri: str) -> str | None:
     try:
         with Image.open(io.BytesIO(storage.read_bytes(uri))) as image:
             key = image.info.get(KEY)  # the text chunks before the pixels: nothing decoded
-    except (FileNotFoundError, storage.StorageError, OSError, ValueError, SyntaxError):
+    except (storage.StorageError, OSError, ValueError, SyntaxError):  # missing, damaged
         return None
     return key if isinstance(key, str) else None
 
