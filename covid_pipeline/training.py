@@ -212,6 +212,26 @@ def training_jobs(cfg: BenchmarkConfig) -> list[tuple[str, int, int, bool]]:
                                           for k in range(cfg.folds)]
 
 
+def head_tasks(cfg: BenchmarkConfig) -> list[tuple[str, int, list[int], bool]]:
+    """The head-training tasks, as (model, repeat, folds, control): in ``cached`` mode and
+    for the control one per (model, repeat, control), training its folds in turn (a head on
+    cached features is seconds of CPU, less than a task's own round trips, and one task reads
+    the model's features once); in ``online`` mode one per fold (each is GPU work)."""
+    groups: dict[tuple, list[int]] = {}
+    for model, repeat, fold, control in training_jobs(cfg):
+        one_task = control or cfg.mode == "cached"
+        groups.setdefault((model, repeat, control, None if one_task else fold), []).append(fold)
+    return [(model, repeat, folds, control)
+            for (model, repeat, control, _), folds in groups.items()]
+
+
+def folds_label(folds: list[int], repeat: int = 0) -> str:
+    """How logs and the board name folds of a repeat: ``fold 2``, ``folds 0-4``,
+    ``repeat 1 fold 2``."""
+    text = f"fold {folds[0]}" if len(folds) == 1 else f"folds {folds[0]}-{folds[-1]}"
+    return text if repeat == 0 else f"repeat {repeat} {text}"
+
+
 def stored_results(dataset_uri: str, cfg: BenchmarkConfig, out: str, precision: str,
                    jobs: list[tuple[str, int, int, bool]]) -> list[dict[str, Any]] | None:
     """The reusable stored result of every (model, repeat, fold, control) job, computed by
@@ -312,6 +332,30 @@ def train_fold(dataset_uri: str, model_name: str, fold: int, cfg: BenchmarkConfi
     }
     storage.write_json(uri, record)
     return record
+
+
+def train_folds(dataset_uri: str, model_name: str, folds: list[int], cfg: BenchmarkConfig,
+                out: str, features: dict[str, Any] | None = None, repeat: int = 0,
+                control: bool = False) -> list[dict[str, Any]]:
+    """:func:`train_fold` of each of ``folds`` in turn; their records. A failure stops at
+    its fold, which a note on the exception names (:func:`folds_label`, read back by
+    :func:`failed_fold`); the folds before it are stored, so another attempt trains only
+    the rest."""
+    records = []
+    for fold in folds:
+        try:
+            records.append(train_fold(dataset_uri, model_name, fold, cfg, out, features,
+                                      repeat, control))
+        except Exception as exc:
+            exc.add_note(folds_label([fold], repeat))
+            raise
+    return records
+
+
+def failed_fold(exc: BaseException) -> str | None:
+    """The fold a :func:`train_folds` failure happened in (its note), if any."""
+    return next((note for note in reversed(getattr(exc, "__notes__", ()))
+                 if note.startswith(("fold ", "repeat "))), None)
 
 
 def _ids_digest(ids: list[str]) -> str:

@@ -32,7 +32,14 @@ from covid_pipeline.features import needed_views
 from covid_pipeline.leaderboard import LeaderboardContext
 from covid_pipeline.sources import parse_source
 from covid_pipeline.tfsetup import precision_for
-from covid_pipeline.training import results_root, training_jobs, write_resolved_config
+from covid_pipeline.training import (
+    failed_fold,
+    folds_label,
+    head_tasks,
+    results_root,
+    training_jobs,
+    write_resolved_config,
+)
 from flows import credentials, progress
 from tasks.data import (
     balance_and_folds,
@@ -46,7 +53,7 @@ from tasks.data import (
 from tasks.external import external_dataset, train_external_task
 from tasks.features import extract_features_task, model_figures_task
 from tasks.report import aggregate, log_mlflow
-from tasks.training import stored_results_task, train_baseline_task, train_fold_task
+from tasks.training import stored_results_task, train_baseline_task, train_folds_task
 
 MAX_ERROR = 300
 PANEL_PRIORITY = 1  # a panel before the heads (priority 0) queued on its worker
@@ -66,6 +73,11 @@ def expected_cost(model: str, cfg: BenchmarkConfig, n_images: int,
     if cfg.mode == "cached":
         return gmacs * n_images * (needed_views(cfg) + 1)
     return gmacs * n_images * (cfg.epochs * (cfg.folds - 1) / cfg.folds + 1 / cfg.folds)
+
+
+def task_folds(folds: list[int]) -> str:
+    """A head-training task run's folds in its name: ``fold-2``, ``folds-0-4``."""
+    return f"fold-{folds[0]}" if len(folds) == 1 else f"folds-{folds[0]}-{folds[-1]}"
 
 
 def reused_only(records: list[dict], gradcam: dict) -> dict:
@@ -95,7 +107,7 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
     jobs = training_jobs(cfg)
     progress_artifact = create_progress_artifact(
         progress=0.0, key="training-progress",
-        description=f"{len(jobs)} (model, repeat, fold) tasks, border-only control included")
+        description=f"{len(jobs)} (model, repeat, fold) heads, border-only control included")
 
     def gpu_work() -> contextlib.AbstractContextManager:  # a fresh one each time: a
         # generator context manager can be entered only once
@@ -137,20 +149,18 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
                 dataset_uri, external_uri, model, config, out, extract[model, False],
                 test_features)] = model
     futures = {}
-    for model, repeat, fold, control in jobs:
-        if control:
-            fut = train_fold_task.with_options(
-                task_run_name=f"train-{model}-control-fold-{fold}").submit(
-                dataset_uri, model, fold, config, out, features=extract[model, True],
-                control=True)
-        elif cfg.mode == "cached":
+    for model, repeat, folds, control in head_tasks(cfg):
+        name = f"train-{model}-{'control' if control else f'r{repeat}'}-{task_folds(folds)}"
+        train = train_folds_task.with_options(task_run_name=name)
+        if control or cfg.mode == "cached":
             # the extraction's result says which features (root, precision, weights) to read
-            fut = train_fold_task.submit(dataset_uri, model, fold, config, out,
-                                         features=extract[model, False], repeat=repeat)
+            fut = train.submit(dataset_uri, model, folds, config, out,
+                               features=extract[model, control], repeat=repeat,
+                               control=control)
         else:
             with gpu_work(), dask.annotate(priority=costs[model]):
-                fut = train_fold_task.submit(dataset_uri, model, fold, config, out)
-        futures[fut] = (model, repeat, fold, control)
+                fut = train.submit(dataset_uri, model, folds, config, out)
+        futures[fut] = (model, repeat, folds, control)
     # each model's figures (Grad-CAM panel, curves) as soon as its repeat-0 heads are
     # stored, on workers while other models train, before heads still waiting on its home
     # worker (which the panel needs: the heads can go anywhere); without panels the
@@ -176,17 +186,18 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
         if fut in others:
             progress.finished(others[fut], fut.state.is_completed())
             continue
-        done += 1
-        model, repeat, fold, control = futures[fut]
-        where = f"fold {fold}" if repeat == 0 else f"repeat {repeat} fold {fold}"
+        model, repeat, folds, control = futures[fut]
+        done += len(folds)
+        where = folds_label(folds, repeat)
         try:
-            (control_records if control else records).append(fut.result())
+            (control_records if control else records).extend(fut.result())
             progress.finished(f"{model} {'control ' if control else ''}{where}")
         except Exception as exc:  # noqa: BLE001 - a failed model must not fail the flow
             progress.finished(f"{model} {'control ' if control else ''}{where}", ok=False)
             needs = control or cfg.mode == "cached"  # online folds need no extraction
             cause = (extract_error(extract.get((model, control))) if needs else None) or (
                 one_line(exc))
+            where = failed_fold(exc) or where
             (control_failures if control else failures).setdefault(model, f"{where}: {cause}")
             logger.error("model %s %s%s failed: %s", model,
                          "border-only control " if control else "", where, cause)
@@ -257,15 +268,16 @@ def extract_error(fut: Any) -> str | None:
 
 def log_makespan(logger, extraction: list[dict], records: list[dict], wall: float,
                  workers: int) -> None:
-    """The makespan lower bound (max of total work / workers and the longest task)."""
-    tasks = [e["seconds"] for e in extraction] + [
+    """The makespan lower bound: max of total work / workers and the longest piece of work
+    (an extraction or one fold's head; a head-training task trains several in turn)."""
+    work = [e["seconds"] for e in extraction] + [
         r["timing"]["wall_seconds"] for r in records if not r.get("reused")]
-    if not tasks:
+    if not work:
         return
     workers = max(1, workers)
-    bound = max(sum(tasks) / workers, max(tasks))
-    logger.info("wall %.1fs; makespan lower bound %.1fs (%d tasks, %d workers)",
-                wall, bound, len(tasks), workers)
+    bound = max(sum(work) / workers, max(work))
+    logger.info("wall %.1fs; makespan lower bound %.1fs (%d extractions and heads, %d "
+                "workers)", wall, bound, len(work), workers)
 
 
 def own_process_subflow() -> contextlib.AbstractContextManager:

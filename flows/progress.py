@@ -3,9 +3,10 @@
 The flow calls :func:`stage`, :func:`planned` and :func:`finished` as it goes; they do
 nothing unless a command line installed a display with :func:`terminal` (deployments and
 tests run without one). The display is rich's progress bar on a terminal only: the step
-the run is in, GPU/training tasks finished of planned (extractions, (model, repeat, fold)
-heads, model figures), the last task finished, elapsed and estimated time left. When
-output is not a terminal there is no display (no control characters in a log file).
+the run is in, GPU/training tasks finished of planned (extractions, head trainings: a
+model's folds of a repeat, model figures), the last task finished, elapsed and estimated
+time left. When output is not a terminal there is no display (no control characters in a
+log file).
 """
 
 from __future__ import annotations

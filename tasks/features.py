@@ -29,19 +29,19 @@ def extract_features_task(dataset_uri: str, model: str, config: dict, out: str,
 
 @task(name="model-figures", task_run_name="figures-{model}", **RETRY, cache_policy=NO_CACHE)
 def model_figures_task(dataset_uri: str, model: str, config: dict, out: str,
-                       fold_records: list[dict]) -> dict:
-    """A model's figures once its repeat-0 folds are trained (``fold_records``): the
-    Grad-CAM panel of out-of-fold images under their folds' heads (reused while the heads
-    and settings are unchanged), then the training curves (``curves.png``; on failure a
-    warning: the aggregation draws what is missing). Returns the panel's summary (its mean
-    heat share outside the box)."""
+                       fold_records: list[list[dict]]) -> dict:
+    """A model's figures once its repeat-0 folds are trained (``fold_records``: the records
+    of its head-training tasks): the Grad-CAM panel of out-of-fold images under their
+    folds' heads (reused while the heads and settings are unchanged), then the training
+    curves (``curves.png``; on failure a warning: the aggregation draws what is missing).
+    Returns the panel's summary (its mean heat share outside the box)."""
     from covid_pipeline import gradcam  # Keras: seconds to import
 
     cfg = BenchmarkConfig.from_dict(config)
     panel = gradcam.model_panel(dataset_uri, model, cfg, out)
     try:
         results = layout.results(out, load_dataset(dataset_uri).version, cfg.config_hash())
-        curves.write_model_curves(fold_records, results, model)
+        curves.write_model_curves([r for task in fold_records for r in task], results, model)
     except Exception as exc:  # noqa: BLE001 - the aggregation redraws missing curves
         get_run_logger().warning("model %s curves not drawn here (%s: %s); the aggregation "
                                  "draws them", model, type(exc).__name__, exc)

@@ -1,4 +1,5 @@
-"""One (model, fold) training task, run on a Dask worker."""
+"""Head-training tasks (a model's folds of one repeat, or one fold), run on Dask
+workers, and the checks around them."""
 
 from __future__ import annotations
 
@@ -10,27 +11,29 @@ from covid_pipeline.cluster import on_every_worker
 from covid_pipeline.config import BenchmarkConfig
 from covid_pipeline.gradcam import stored_panels
 from covid_pipeline.shards import load_dataset
-from covid_pipeline.training import results_root, stored_results, stored_results_here, train_fold
+from covid_pipeline.training import results_root, stored_results, stored_results_here, train_folds
 from tasks.retries import RETRY
 
 
 @task(
-    name="train-fold",
-    task_run_name="train-{model}-r{repeat}-fold-{fold}",
+    name="train-folds",
+    task_run_name="train-{model}-r{repeat}",
     **RETRY,
     # Finished folds are reused from their content-addressed result files
-    # (results/<version>/<config-hash>/<model>/fold-<k>.json), which every worker reads.
+    # (results/<version>/<config-hash>/<model>/fold-<k>.json), which every worker reads:
+    # a retry trains only the folds not yet stored.
     cache_policy=NO_CACHE,
 )
-def train_fold_task(dataset_uri: str, model: str, fold: int, config: dict, out: str,
-                    features: dict | None = None, repeat: int = 0,
-                    control: bool = False) -> dict:
-    """Train and evaluate one model on one fold of one repeat; return its metrics record.
+def train_folds_task(dataset_uri: str, model: str, folds: list[int], config: dict, out: str,
+                     features: dict | None = None, repeat: int = 0,
+                     control: bool = False) -> list[dict]:
+    """Train and evaluate one model on ``folds`` of one repeat, in turn; return their
+    metrics records (a failure's exception names its fold in a note).
 
     ``features``: the extraction task's result (cached mode): which features to read.
-    ``control``: the border-only control's fold (central box blacked out)."""
-    return train_fold(dataset_uri, model, fold, BenchmarkConfig.from_dict(config), out,
-                      features, repeat, control)
+    ``control``: the border-only control's folds (central box blacked out)."""
+    return train_folds(dataset_uri, model, folds, BenchmarkConfig.from_dict(config), out,
+                       features, repeat, control)
 
 
 @task(name="acquisition-baseline", **RETRY, cache_policy=NO_CACHE)

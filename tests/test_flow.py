@@ -65,6 +65,12 @@ def test_two_models_two_folds_leaderboard_and_artifact(prefect_api, synth_root, 
     # each model's curves drawn on a worker by its figures task: the aggregation found them
     # current and drew none
     assert drawn_here == []
+    # on cached features one head-training task per (model, repeat, control) trains its
+    # folds in turn
+    assert sorted(t.name for t in task_runs_of(result["flow_run_id"])
+                  if t.name.startswith(("train-VGG16", "train-ResNet50"))) == [
+        "train-ResNet50-control-folds-0-1", "train-ResNet50-r0-folds-0-1",
+        "train-VGG16-control-folds-0-1", "train-VGG16-r0-folds-0-1"]
     board = cnn_rows(pd.read_csv(tmp_path / "leaderboard.csv"))
     assert sorted(board["model"]) == ["ResNet50", "VGG16"]
     # ranked with the acquisition-only baseline (its row is left out here): two ranks of three

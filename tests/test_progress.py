@@ -84,8 +84,9 @@ def test_run_on_a_terminal_shows_progress_and_quiet_keeps_the_summary(synth_root
     rc, shown = in_pty(args, env)
     assert rc == 0, shown[-3000:]
     text = ANSI.sub("", shown)
-    # 1 extraction + 2 heads + 1 panel (the control is off): the bar's last frame says so
-    assert re.search(r"4/4 tasks", text), text[-3000:]
+    # 1 extraction + 1 head training (2 folds) + 1 panel (the control is off): the bar's
+    # last frame says so
+    assert re.search(r"3/3 tasks", text), text[-3000:]
     assert "INFO" not in text  # the bar replaces Prefect's info lines on a terminal
     assert "leaderboard: " in text and "report: " in text
 

@@ -79,8 +79,8 @@ def test_benchmark_through_the_stack():
     assert seen["subflows"].get("train-models") == "COMPLETED", seen["subflows"]
     assert set(seen["subflows"].values()) == {"COMPLETED"}
     assert seen["task_states"] == ["COMPLETED"]
-    for task in ("plan-ingest", "write-shards", "extract-VGG16", "train-VGG16-r0-fold-0",
-                 "train-ResNet50-r0-fold-2", "figures-ResNet50", "aggregate"):
+    for task in ("plan-ingest", "write-shards", "extract-VGG16", "train-VGG16-r0-folds-0-2",
+                 "train-ResNet50-control-folds-0-2", "figures-ResNet50", "aggregate"):
         assert any(name.startswith(task) for name in seen["task_runs"]), task
     assert {"leaderboard", "leaderboard-summary", "report"} <= set(seen["artifacts"])
     files = {f.rsplit("/", 1)[-1] for f in seen["files"]}
