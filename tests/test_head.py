@@ -144,3 +144,28 @@ def test_tensorboard_logs_each_epoch_of_a_head(tmp_path):
     run = tmp_path / "tb" / "VGG16" / "repeat-1" / "fold-2"
     assert list((run / "train").glob("events.out.tfevents.*"))
     assert list((run / "validation").glob("events.out.tfevents.*"))
+
+
+def test_a_head_depends_on_its_own_seeds_not_the_processs_global_ones():
+    """train_head sets no global seed (that retraces its functions): whatever the global
+    seeds, and whatever ran before it in the worker, the same data give the same head."""
+    import keras
+    import tensorflow as tf
+
+    from covid_pipeline import head
+
+    cfg = resolve_config("smoke", epochs=3, batch_size=8)
+    x, labels, x_test, test_labels = features(40)
+    columns = np.array([0, 1, 2])
+    first = head.train_head(cfg, 0, x, labels, columns, x_test, test_labels=test_labels)
+    for seed, fresh_worker in ((1, False), (12345, True)):
+        keras.utils.set_random_seed(seed)  # Python, NumPy, TensorFlow and Keras' global seeds
+        tf.random.uniform((3,))  # and their states moved on
+        np.random.random(5)
+        if fresh_worker:  # the compiled head is built again, as in a new worker process
+            head._HEADS.clear()
+        again = head.train_head(cfg, 0, x, labels, columns, x_test, test_labels=test_labels)
+        np.testing.assert_array_equal(again.prob, first.prob)
+        assert again.curves == first.curves
+        for a, b in zip(again.weights, first.weights, strict=True):
+            np.testing.assert_array_equal(a, b)
