@@ -14,7 +14,12 @@ from collections.abc import Iterator
 
 @contextlib.contextmanager
 def prefect_api() -> Iterator[str]:
-    """Yield the API URL in use, starting a temporary server when none is configured."""
+    """Yield the API URL in use, starting a temporary server when none is configured.
+
+    Flow runs against a temporary server send no heartbeats: they let a server mark a run
+    crashed when its process dies, and this server dies with the process; and a flow run's
+    end waits for its heartbeat thread, which sleeps in 1 s steps (up to a second a run).
+    """
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     configured = PREFECT_API_URL.value()
@@ -28,7 +33,8 @@ def prefect_api() -> Iterator[str]:
     server.start(timeout=180)
     os.environ["PREFECT_API_URL"] = server.api_url  # inherited by Dask worker processes
     try:
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
+        with (temporary_settings({PREFECT_API_URL: server.api_url}),
+              temporary_settings(updates={"flows.heartbeat_frequency": None})):
             yield server.api_url
     finally:
         drain_to_api()

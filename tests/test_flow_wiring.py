@@ -118,7 +118,7 @@ def test_a_subflow_in_the_flows_process_sends_no_heartbeats_of_its_own(prefect_a
     heartbeat thread on exit (it sleeps in 1 s steps), so a subflow with its own would
     end up to a second late."""
     from prefect import flow
-    from prefect.settings import get_current_settings
+    from prefect.settings import get_current_settings, temporary_settings
 
     from flows.benchmark import own_process_subflow
 
@@ -132,5 +132,19 @@ def test_a_subflow_in_the_flows_process_sends_no_heartbeats_of_its_own(prefect_a
             inside = child()
         return get_current_settings().flows.heartbeat_frequency, inside
 
-    outer, inside = parent()
-    assert outer is not None and inside is None
+    with temporary_settings(updates={"flows.heartbeat_frequency": 60}):  # a real server's
+        outer, inside = parent()
+    assert outer == 60 and inside is None
+
+
+def test_flows_on_a_temporary_api_send_no_heartbeats(prefect_api):
+    """A temporary server dies with the process whose crash a heartbeat would tell it, and
+    each flow run's end would wait up to a second for its heartbeat thread."""
+    from prefect import flow
+    from prefect.settings import get_current_settings
+
+    @flow
+    def run() -> int | None:
+        return get_current_settings().flows.heartbeat_frequency
+
+    assert run() is None
