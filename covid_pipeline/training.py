@@ -340,15 +340,17 @@ def train_folds(dataset_uri: str, model_name: str, folds: list[int], cfg: Benchm
                 control: bool = False) -> list[dict[str, Any]]:
     """:func:`train_fold` of each of ``folds`` in turn; their records. A failure stops at
     its fold, which a note on the exception names (:func:`folds_label`, read back by
-    :func:`failed_fold`); the folds before it are stored, so another attempt trains only
+    :func:`failed_fold`); the records of the folds before it ride on the exception
+    (``fold_records``, for the board's row) and are stored, so another attempt trains only
     the rest."""
-    records = []
+    records: list[dict[str, Any]] = []
     for fold in folds:
         try:
             records.append(train_fold(dataset_uri, model_name, fold, cfg, out, features,
                                       repeat, control))
         except Exception as exc:
             exc.add_note(folds_label([fold], repeat))
+            exc.fold_records = records  # type: ignore[attr-defined]
             raise
     return records
 

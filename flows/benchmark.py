@@ -95,8 +95,9 @@ def reused_only(records: list[dict], gradcam: dict) -> dict:
 def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_workers: int = 1,
                  gpu: bool = False, external_uri: str | None = None) -> dict:
     """Fan out the GPU work (per model in ``cached`` mode, per fold in ``online``) and the
-    per-(model, repeat, fold) head training, and the border-only control's (per controlled
-    model one extraction, then its folds of repeat 0); a failing model yields an error
+    head training (per model and repeat on cached features, per fold online), and the
+    border-only control's (per controlled model one extraction, then one task for its
+    folds of repeat 0); a failing model yields an error
     entry, not a failure. Repeats reuse the model's features: no backbone pass of their own.
     With ``external_uri``, each model's head is also trained once on all CV images (cached
     features, extracted in either mode) and predicts that external set."""
@@ -193,11 +194,13 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
             (control_records if control else records).extend(fut.result())
             progress.finished(f"{model} {'control ' if control else ''}{where}")
         except Exception as exc:  # noqa: BLE001 - a failed model must not fail the flow
+            # the folds trained before the failing one still count on the model's row
+            (control_records if control else records).extend(getattr(exc, "fold_records", []))
+            where = failed_fold(exc) or where
             progress.finished(f"{model} {'control ' if control else ''}{where}", ok=False)
             needs = control or cfg.mode == "cached"  # online folds need no extraction
             cause = (extract_error(extract.get((model, control))) if needs else None) or (
                 one_line(exc))
-            where = failed_fold(exc) or where
             (control_failures if control else failures).setdefault(model, f"{where}: {cause}")
             logger.error("model %s %s%s failed: %s", model,
                          "border-only control " if control else "", where, cause)

@@ -64,8 +64,11 @@ def test_a_failing_fold_is_named_and_the_folds_before_it_stay_stored(tmp_path: P
     with pytest.raises(StorageError, match="cannot write") as raised:  # itself, not wrapped
         train_folds(info.uri, "VGG16", [0, 1, 2], cfg, out, stats)
     assert failed_fold(raised.value) == "fold 1"
-    # the note survives the trip from a Dask worker (pickled), as the flow sees it
-    assert failed_fold(pickle.loads(pickle.dumps(raised.value))) == "fold 1"
+    # the note and the records of the folds before it survive the trip from a Dask worker
+    # (pickled), as the flow sees them
+    back = pickle.loads(pickle.dumps(raised.value))
+    assert failed_fold(back) == "fold 1"
+    assert [(r["fold"], r["status"]) for r in back.fold_records] == [(0, "ok")]
     assert (results / "fold-0.json").is_file() and not (results / "fold-2.json").exists()
 
     (results / "fold-1.json").rmdir()  # another attempt trains only what is missing
