@@ -214,10 +214,9 @@ def training_jobs(cfg: BenchmarkConfig) -> list[tuple[str, int, int, bool]]:
 
 def head_tasks(cfg: BenchmarkConfig) -> list[tuple[str, int, list[int], bool]]:
     """The head-training tasks, as (model, repeat, folds, control): in ``cached`` mode and
-    for the control one per (model, repeat, control), training its folds in turn (a head on
-    cached features is 0.2 s to a few seconds of CPU, the order of a task's own Prefect
-    round trips on its worker, ~0.3 s); in ``online`` mode one per fold (each is GPU
-    work)."""
+    for the control one per (model, repeat, control), training its folds in turn (a smoke
+    head on cached features is 0.2-0.4 s of CPU here, the order of a task's own Prefect
+    round trips on its worker); in ``online`` mode one per fold (each is GPU work)."""
     groups: dict[tuple, list[int]] = {}
     for model, repeat, fold, control in training_jobs(cfg):
         one_task = control or cfg.mode == "cached"

@@ -75,11 +75,6 @@ def expected_cost(model: str, cfg: BenchmarkConfig, n_images: int,
     return gmacs * n_images * (cfg.epochs * (cfg.folds - 1) / cfg.folds + 1 / cfg.folds)
 
 
-def task_folds(folds: list[int]) -> str:
-    """A head-training task run's folds in its name: ``fold-2``, ``folds-0-4``."""
-    return f"fold-{folds[0]}" if len(folds) == 1 else f"folds-{folds[0]}-{folds[-1]}"
-
-
 def reused_only(records: list[dict], gradcam: dict) -> dict:
     """``train_models``' result when every fold result is stored: no cluster is started."""
     return {"gradcam": {"panels": gradcam, "failures": {}},
@@ -151,7 +146,9 @@ def train_models(dataset_uri: str, config: dict, out: str, n_images: int, n_work
                 test_features)] = model
     futures = {}
     for model, repeat, folds, control in head_tasks(cfg):
-        name = f"train-{model}-{'control' if control else f'r{repeat}'}-{task_folds(folds)}"
+        # train-VGG16-r0-folds-0-4, train-VGG16-control-folds-0-4, train-VGG16-r0-fold-2
+        part = folds_label(folds).replace(" ", "-")
+        name = f"train-{model}-{'control' if control else f'r{repeat}'}-{part}"
         train = train_folds_task.with_options(task_run_name=name)
         if control or cfg.mode == "cached":
             # the extraction's result says which features (root, precision, weights) to read
