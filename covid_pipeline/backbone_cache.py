@@ -35,11 +35,11 @@ DEFAULT_KEPT = 2
 
 @dataclass
 class Backbone:
-    """A built backbone and its compiled passes, each traced once."""
+    """A built backbone, its compiled forward pass (traced once) and its eager maps pass."""
 
     model: Any  # keras.Model: preprocessed RGB batch → pooled features
     forward: Callable  # (resized grey batch, angles) → pooled float32 features
-    maps: Callable  # resized grey batch → float32 last feature map (the pooling's input)
+    maps: Callable  # resized grey batch → float32 last feature map (pooling's input), eager
     jit: bool  # forward compiled by XLA: once per batch shape (pad to one size)
 
 
@@ -148,15 +148,20 @@ def feature_function(model, preprocess, jit: bool = False):
 
 
 def maps_function(model, preprocess):
-    """The compiled pass to the last feature map (the input of the backbone's global
-    average pooling) of the un-rotated view: what Grad-CAM weighs."""
+    """The pass to the last feature map (the input of the backbone's global average
+    pooling) of the un-rotated view: what Grad-CAM weighs.
+
+    Eager, not a ``tf.function``: a panel makes one pass over a few images per model and
+    run, and tracing and optimising the graph cost a worker's first pass ~2.3 s against
+    ~0.6 s eager (ResNet50, 8 images, 96 px, CPU, measured here); a re-run's panel often
+    runs on a worker whose pass was never traced. The results are identical."""
     import keras
     import tensorflow as tf
 
     to_maps = keras.Model(model.inputs, pooling_layer(model).input)
 
-    @tf.function(autograph=False, input_signature=[grey_batch_spec(model)])
     def maps(batch):
+        batch = tf.convert_to_tensor(batch, tf.float32)
         angles = tf.zeros(tf.shape(batch)[:1], tf.float32)
         return tf.cast(to_maps(rotated_inputs(batch, angles, preprocess), training=False),
                        tf.float32)
