@@ -17,6 +17,7 @@ from typing import Any
 from PIL import Image
 
 from covid_pipeline import layout, storage
+from covid_pipeline.imaging import FAST_PNG
 
 PANELS = (("loss", "cross-entropy loss"), ("accuracy", "accuracy"))
 KEY = "covid-pipeline-curves"  # the PNG text chunk holding the digest of the curves drawn
@@ -65,7 +66,8 @@ def curves_png(model: str, by_fold: dict[int, dict[str, list[float]]]) -> bytes:
     fig.suptitle(f"{model}: head training per fold (solid: training batches, dashed: the "
                  "held-out fold)", fontsize=9)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, metadata={KEY: curves_key(model, by_fold)})
+    fig.savefig(buf, format="png", dpi=100, metadata={KEY: curves_key(model, by_fold)},
+                pil_kwargs=FAST_PNG)
     plt.close(fig)
     return buf.getvalue()
 

@@ -142,7 +142,7 @@ def panel_png(images: list[np.ndarray], cams: list[np.ndarray], titles: list[str
     if suptitle:
         fig.suptitle(suptitle, fontsize=9, y=1 - 0.12 / height, va="top")
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
+    fig.savefig(buf, format="png", dpi=90, pil_kwargs=imaging.FAST_PNG)
     plt.close(fig)
     return buf.getvalue()
 

@@ -21,6 +21,7 @@ from covid_pipeline import external as externals
 from covid_pipeline.baseline import NAME as BASELINE
 from covid_pipeline.evaluation import CI_METRICS
 from covid_pipeline.gradcam import PANEL_FORMAT
+from covid_pipeline.imaging import FAST_PNG
 from covid_pipeline.metrics import METRICS, summarise
 from covid_pipeline.shards import read_parquet
 
@@ -572,7 +573,7 @@ def to_png(df: pd.DataFrame, ctx: LeaderboardContext) -> bytes:
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=110, pil_kwargs=FAST_PNG)
     plt.close(fig)
     return buf.getvalue()
 

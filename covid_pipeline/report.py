@@ -20,6 +20,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from covid_pipeline import curves, layout, storage
+from covid_pipeline.imaging import FAST_PNG
 from covid_pipeline.leaderboard import LeaderboardContext, fmt3, to_markdown, to_png
 
 TOP_ROC = 3  # models on the ROC figure
@@ -70,7 +71,7 @@ def roc_png(predictions: pd.DataFrame, models: list[str]) -> bytes | None:
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png", dpi=100, pil_kwargs=FAST_PNG)
     plt.close(fig)
     return buf.getvalue()
 
