@@ -6,7 +6,8 @@ PNG/JPEG images and 1,000 normal DICOMs) at ``--size`` px (default 1,024):
 1. the decode-only limit: read + decode + normalise of every source file in a tight loop,
    on a thread pool as wide as the ingest's (images/s);
 2. a cold ingest of the same files (``covid_pipeline.ingest.ingest``: read, hash, decode,
-   normalise, write the PNG, perceptual hash) and its throughput against (1);
+   normalise, write the PNG, perceptual hash) and its throughput against (1): passes of
+   (1) and (2) interleaved (1, 2, 1, 2, 1), the median of each compared;
 3. the whole benchmark flow (smoke models, ``--weights none``, 2 Dask worker processes)
    for a cold run, an unchanged re-run and a re-run after adding 10 normal DICOMs, each as
    a share of the cold run's wall time (one temporary Prefect API for the three, started
@@ -29,6 +30,7 @@ import contextlib
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +47,11 @@ from covid_pipeline import imaging, storage  # noqa: E402
 from covid_pipeline.synth import add_normals, make_synthetic  # noqa: E402
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
+INGEST_PASSES = 2  # cold ingests, each between two decode-only passes; medians compared
+
+
+def fmt(rates: list[float]) -> str:
+    return ", ".join(f"{r:.0f}" for r in rates)
 
 
 def synthetic(root: Path, n: int, size: int) -> list[str]:
@@ -71,6 +78,7 @@ def decode_only(files: list[str], size: int, workers: int) -> float:
 
 
 def cold_ingest(sources: list[str], out: Path, size: int) -> tuple[float, int]:
+    """Images/s (and files read) of one ingest into the empty folder ``out``."""
     from covid_pipeline.ingest import ingest
     from covid_pipeline.sources import parse_source
 
@@ -182,10 +190,16 @@ def main() -> None:
         files = source_files(Path(tmp) / "data")
         print(f"synthetic data: {len(files)} files at {args.size} px in "
               f"{time.perf_counter() - t0:.0f} s", flush=True)
-        limit = decode_only(files, image_size, workers)
-        rate, read = cold_ingest(sources, Path(tmp) / "ingest-only", image_size)
-        print(f"decode-only {limit:.1f} images/s; cold ingest {rate:.1f} images/s "
-              f"({read} files): {rate / limit:.2f} x", flush=True)
+        # interleaved passes (decode-only, cold ingest, decode-only, ...): this VM's speed
+        # drifted by up to +-30 % between minutes, and interleaving lets the drift hit both
+        limits, rates = [decode_only(files, image_size, workers)], []
+        for k in range(INGEST_PASSES):
+            rates.append(cold_ingest(sources, Path(tmp) / f"ingest-only-{k}", image_size)[0])
+            limits.append(decode_only(files, image_size, workers))
+        limit, rate = statistics.median(limits), statistics.median(rates)
+        print(f"decode-only {limit:.1f} images/s (passes {fmt(limits)}); cold ingest "
+              f"{rate:.1f} images/s (passes {fmt(rates)}; {len(files)} files): "
+              f"{rate / limit:.2f} x", flush=True)
         walls = flow_runs(sources, Path(tmp) / "data" / "rsna", Path(tmp) / "out", args.size,
                           args.cluster)
     rss = {} if args.skip_rss else {"N": peak_rss(args.images, args.rss_size),
@@ -195,6 +209,7 @@ def main() -> None:
         "cluster": args.cluster,
         "cores": os.cpu_count(),
         "decode_only_images_per_s": limit, "cold_ingest_images_per_s": rate,
+        "decode_only_passes": limits, "cold_ingest_passes": rates,
         "ingest_vs_decode_only": rate / limit,
         "flow_seconds": walls,
         "unchanged_share": walls["unchanged"] / walls["cold"],
