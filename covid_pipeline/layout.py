@@ -4,6 +4,7 @@
 
     <out>/
       cache/png-<size>/<sha[:2]>/<sha256>.png      normalised images, by content
+      cache/histograms-<size>.parquet              their intensity histograms (baseline.py)
       index/ingest.parquet                         what reading each source file gave
       staging/<step>-<hash>/{manifest,quarantine}.parquet, report.json
       datasets/<version>/                          one dataset version (see shards.py)
@@ -43,6 +44,11 @@ def ingest_index(out: str) -> str:
 def normalised_images(out: str, size: int) -> str:
     """The folder of :func:`normalised_image` files at one size."""
     return join(out, "cache", f"png-{size}")
+
+
+def intensity_histograms(out: str, size: int) -> str:
+    """The intensity histograms of the normalised images at one size, by sha256."""
+    return join(out, "cache", f"histograms-{size}.parquet")
 
 
 def staging(out: str, step: str, digest: str) -> str:

@@ -58,6 +58,53 @@ def test_the_board_says_when_the_baseline_reaches_the_top_tier():
         lb.build(records, {}, ["VGG16", baseline.NAME], ctx), ctx)
 
 
+def test_a_rerun_decodes_only_the_images_its_histogram_cache_lacks(synth_root, tmp_path,
+                                                                   monkeypatch):
+    """The baseline's histograms are kept by sha256 under ``cache/``: a re-run decodes
+    only new images, with the same histograms and baseline results as without the cache."""
+    from covid_pipeline import layout, storage
+
+    info, _ = prepare([SourceSpec("ieee8023", str(synth_root / "ieee8023")),
+                       SourceSpec("rsna", str(synth_root / "rsna"))],
+                      str(tmp_path), DataSettings(folds=3, image_size=64))
+    cfg = resolve_config("smoke")
+    decoded: list[bytes] = []
+    real = baseline.histogram
+    monkeypatch.setattr(baseline, "histogram", lambda png: decoded.append(png) or real(png))
+    want = baseline.intensity_histograms(info)  # no cache: every image, the reference
+    n = len(want)
+    assert len(decoded) == n > 10
+
+    def run() -> tuple[int, list]:
+        decoded.clear()
+        records = baseline.train_baseline(info.uri, cfg, str(tmp_path))
+        preds = [read_parquet(r["predictions_uri"]) for r in records]
+        return len(decoded), [(r["metrics"], p) for r, p in zip(records, preds, strict=True)]
+
+    cold, reference = run()
+    assert cold == n
+    cache = layout.intensity_histograms(str(tmp_path), 64)
+    assert storage.exists(cache)
+    warm, again = run()
+    assert warm == 0
+    shas = read_parquet(info.manifest_uri).set_index("image_id")["sha256"]
+    kept = baseline.read_histograms(cache)
+    for image_id, hist in want.items():
+        np.testing.assert_array_equal(kept[shas[image_id]], hist)
+    for (m1, p1), (m2, p2) in zip(reference, again, strict=True):
+        assert m1 == m2
+        pd.testing.assert_frame_equal(p1, p2)
+    # an image the cache lacks (as after adding one): that one is decoded
+    dropped = shas.iloc[0]
+    baseline.write_histograms(cache, {s: h for s, h in kept.items() if s != dropped})
+    assert run()[0] == 1
+    assert dropped in baseline.read_histograms(cache)
+    # a damaged cache is not trusted: everything is decoded again, same results
+    storage.write_bytes(cache, b"not parquet")
+    damaged, after = run()
+    assert damaged == n and [m for m, _ in after] == [m for m, _ in reference]
+
+
 def test_the_intensity_histogram_equals_numpys_of_the_decoded_image():
     from covid_pipeline import imaging
 
