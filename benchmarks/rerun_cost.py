@@ -6,8 +6,9 @@ PNG/JPEG images and 1,000 normal DICOMs) at ``--size`` px (default 1,024):
 1. the decode-only limit: read + decode + normalise of every source file in a tight loop,
    on a thread pool as wide as the ingest's (images/s);
 2. a cold ingest of the same files (``covid_pipeline.ingest.ingest``: read, hash, decode,
-   normalise, write the PNG, perceptual hash) and its throughput against (1): passes of
-   (1) and (2) interleaved (1, 2, 1, 2, 1), the median of each compared;
+   normalise, write the PNG, perceptual hash) and its throughput against (1): 3 passes of
+   (2) between 4 of (1), each against the mean of the two beside it, the median ratio kept
+   (the machine's speed drifts between minutes);
 3. the whole benchmark flow (smoke models, ``--weights none``, 2 Dask worker processes)
    for a cold run, an unchanged re-run and a re-run after adding 10 normal DICOMs, each as
    a share of the cold run's wall time (one temporary Prefect API for the three, started
@@ -47,7 +48,7 @@ from covid_pipeline import imaging, storage  # noqa: E402
 from covid_pipeline.synth import add_normals, make_synthetic  # noqa: E402
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
-INGEST_PASSES = 2  # cold ingests, each between two decode-only passes; medians compared
+INGEST_PASSES = 3  # cold ingests, each between two decode-only passes
 
 
 def fmt(rates: list[float]) -> str:
@@ -191,15 +192,18 @@ def main() -> None:
         print(f"synthetic data: {len(files)} files at {args.size} px in "
               f"{time.perf_counter() - t0:.0f} s", flush=True)
         # interleaved passes (decode-only, cold ingest, decode-only, ...): this VM's speed
-        # drifted by up to +-30 % between minutes, and interleaving lets the drift hit both
+        # drifted by up to +-30 % between minutes; each ingest pass is set against the mean
+        # of the decode-only passes either side of it, and the median of those ratios kept
         limits, rates = [decode_only(files, image_size, workers)], []
         for k in range(INGEST_PASSES):
-            rates.append(cold_ingest(sources, Path(tmp) / f"ingest-only-{k}", image_size)[0])
+            rate, read = cold_ingest(sources, Path(tmp) / f"ingest-only-{k}", image_size)
+            rates.append(rate)
             limits.append(decode_only(files, image_size, workers))
-        limit, rate = statistics.median(limits), statistics.median(rates)
+        ratios = [r / statistics.mean(limits[k : k + 2]) for k, r in enumerate(rates)]
+        limit, rate, ratio = (statistics.median(x) for x in (limits, rates, ratios))
         print(f"decode-only {limit:.1f} images/s (passes {fmt(limits)}); cold ingest "
-              f"{rate:.1f} images/s (passes {fmt(rates)}; {len(files)} files): "
-              f"{rate / limit:.2f} x", flush=True)
+              f"{rate:.1f} images/s (passes {fmt(rates)}; {read} files read): {ratio:.2f} x "
+              f"(passes {', '.join(f'{x:.2f}' for x in ratios)})", flush=True)
         walls = flow_runs(sources, Path(tmp) / "data" / "rsna", Path(tmp) / "out", args.size,
                           args.cluster)
     rss = {} if args.skip_rss else {"N": peak_rss(args.images, args.rss_size),
@@ -209,8 +213,8 @@ def main() -> None:
         "cluster": args.cluster,
         "cores": os.cpu_count(),
         "decode_only_images_per_s": limit, "cold_ingest_images_per_s": rate,
-        "decode_only_passes": limits, "cold_ingest_passes": rates,
-        "ingest_vs_decode_only": rate / limit,
+        "decode_only_passes": limits, "cold_ingest_passes": rates, "ingest_ratios": ratios,
+        "ingest_vs_decode_only": ratio,
         "flow_seconds": walls,
         "unchanged_share": walls["unchanged"] / walls["cold"],
         "plus_10_share": walls["plus_10"] / walls["cold"],

@@ -1,4 +1,4 @@
-"""Built backbones that a worker process keeps between tasks, with their compiled passes.
+"""Built backbones that a worker process keeps between tasks, with their compiled forward pass.
 
 A model's extraction, its border-only control's extraction and its Grad-CAM panel all run
 the same frozen backbone; a re-run after a data update runs them on a handful of images.
@@ -154,7 +154,8 @@ def maps_function(model, preprocess):
     Eager, not a ``tf.function``: a panel makes one pass over a few images per model and
     run, and tracing and optimising the graph cost a worker's first pass ~2.3 s against
     ~0.6 s eager (ResNet50, 8 images, 96 px, CPU, measured here); a re-run's panel often
-    runs on a worker whose pass was never traced. The results are identical."""
+    runs on a worker whose pass was never traced. The maps were equal to the traced pass's
+    there (graph optimisations may change the last bits in general)."""
     import keras
     import tensorflow as tf
 
@@ -162,6 +163,9 @@ def maps_function(model, preprocess):
 
     def maps(batch):
         batch = tf.convert_to_tensor(batch, tf.float32)
+        if tuple(batch.shape[1:]) != (*model.input_shape[1:3], 1):
+            raise ValueError(f"grey batches of {model.input_shape[1:3]} px expected, got "
+                             f"{tuple(batch.shape)}")
         angles = tf.zeros(tf.shape(batch)[:1], tf.float32)
         return tf.cast(to_maps(rotated_inputs(batch, angles, preprocess), training=False),
                        tf.float32)

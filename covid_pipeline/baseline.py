@@ -10,18 +10,21 @@ the acquisition, not the disease.
 from __future__ import annotations
 
 import io
+import json
 import time
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import PIL
+import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from covid_pipeline import layout, storage
+from covid_pipeline import imaging, layout, storage
 from covid_pipeline.config import BenchmarkConfig
 from covid_pipeline.folds import repeat_folds
 from covid_pipeline.metrics import fold_metrics
@@ -29,6 +32,8 @@ from covid_pipeline.shards import DatasetInfo, load_dataset, parquet_bytes, read
 
 NAME = "acquisition-only baseline"
 HISTOGRAM_BINS = 16
+HISTOGRAM_FORMAT = 1  # of the stored histograms (cache/histograms-<size>.parquet)
+HISTOGRAMS_KEY = b"covid_pipeline.histograms"
 CATEGORIES = {"file_format": ("dicom", "png", "jpeg"), "colour_mode": ("grey", "rgb", "rgba")}
 
 
@@ -71,40 +76,59 @@ def intensity_histograms(info: DatasetInfo, cache_uri: str | None = None, batch:
 
     ``cache_uri``: earlier histograms by sha256 (a normalised image's key at its size,
     as in ``cache/png-<size>/``): only the images it lacks are decoded, from the dataset
-    version's Parquet images ``batch`` rows at a time, and it is written back with them. A
-    re-run after adding 10 images decoded all 1,000 kept images again without it (~0.6 s at
-    128 px in the flow's process, beside the workers; 4x that at 512 px).
+    version's Parquet images of their folds, ``batch`` rows at a time, and it is written
+    back with them. A re-run after adding 10 images decoded all 1,000 kept images again
+    without it (~0.6 s at 128 px in the flow's process, beside the workers; 4x that at
+    512 px).
     """
     known = read_histograms(cache_uri) if cache_uri else {}
-    images = read_parquet(info.manifest_uri)[["image_id", "sha256"]]
-    missing = set(images["sha256"].astype(str)) - set(known)
-    if missing:
-        for k in range(info.n_folds):
-            with storage.open_read(info.images_uri(k)) as fh:
-                for rows in pq.ParquetFile(fh).iter_batches(batch_size=batch,
-                                                            columns=["sha256", "png"]):
-                    for sha, png in zip(rows.column("sha256").to_pylist(),
-                                        rows.column("png").to_pylist(), strict=True):
-                        if sha in missing:
-                            known[sha] = histogram(png)
-        if cache_uri:
-            write_histograms(cache_uri, known)
+    images = read_parquet(info.manifest_uri)[["image_id", "sha256", "fold"]]
+    lacking = ~images["sha256"].astype(str).isin(known)
+    missing = set(images.loc[lacking, "sha256"].astype(str))
+    for k in sorted({int(f) for f in images.loc[lacking, "fold"]}):  # fold k = shard k
+        with storage.open_read(info.images_uri(k)) as fh:
+            for rows in pq.ParquetFile(fh).iter_batches(batch_size=batch,
+                                                        columns=["sha256", "png"]):
+                for sha, png in zip(rows.column("sha256").to_pylist(),
+                                    rows.column("png").to_pylist(), strict=True):
+                    if sha in missing:
+                        known[sha] = histogram(png)
+    if missing and cache_uri:
+        write_histograms(cache_uri, known)
     return {str(i): known[str(s)] for i, s in zip(images["image_id"], images["sha256"],
                                                   strict=True)}
 
 
+def histograms_fingerprint() -> str:
+    """What made the stored histograms besides the images: this format, the bins, and the
+    decoder and image library versions (those of the normalised images). Another
+    fingerprint discards the whole table."""
+    return json.dumps({"format": HISTOGRAM_FORMAT, "bins": HISTOGRAM_BINS,
+                       "decoder": imaging.DECODER_VERSION, "pillow": PIL.__version__},
+                      sort_keys=True)
+
+
 def read_histograms(uri: str) -> dict[str, np.ndarray]:
     """sha256 → histogram from :func:`write_histograms`' table; none when it is missing,
-    unreadable or has another number of bins (then every one is computed again)."""
+    unreadable or made otherwise (:func:`histograms_fingerprint`), and no row that is not
+    a histogram (each is computed again)."""
     try:
-        table = read_parquet(uri)
-    except (FileNotFoundError, OSError, ValueError):
+        table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+    except (FileNotFoundError, OSError, ValueError, storage.StorageError):
         return {}
+    made_by = (table.schema.metadata or {}).get(HISTOGRAMS_KEY, b"").decode()
     bins = [f"bin_{b}" for b in range(HISTOGRAM_BINS)]
-    if list(table.columns) != ["sha256", *bins]:
+    if made_by != histograms_fingerprint() or table.column_names != ["sha256", *bins]:
         return {}
-    values = table[bins].to_numpy(np.float64)
-    return dict(zip(table["sha256"].astype(str), values, strict=True))
+    frame = table.to_pandas()
+    try:
+        values = frame[bins].to_numpy(np.float64)
+    except (TypeError, ValueError):
+        return {}
+    valid = (np.isfinite(values).all(axis=1) & (values >= 0).all(axis=1)
+             & np.isclose(values.sum(axis=1), 1.0))
+    shas = frame["sha256"].astype(str)
+    return {s: v for s, v, ok in zip(shas, values, valid, strict=True) if ok}
 
 
 def write_histograms(uri: str, histograms: dict[str, np.ndarray]) -> None:
@@ -115,7 +139,12 @@ def write_histograms(uri: str, histograms: dict[str, np.ndarray]) -> None:
         (0, HISTOGRAM_BINS))
     frame = pd.DataFrame(values, columns=[f"bin_{b}" for b in range(HISTOGRAM_BINS)])
     frame.insert(0, "sha256", shas)
-    storage.write_bytes(uri, parquet_bytes(frame))
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                           HISTOGRAMS_KEY: histograms_fingerprint().encode()})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    storage.write_bytes(uri, sink.getvalue().to_pybytes())
 
 
 def train_baseline(dataset_uri: str, cfg: BenchmarkConfig, out: str) -> list[dict[str, Any]]:

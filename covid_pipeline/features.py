@@ -354,7 +354,7 @@ def run_backbone(forward, resized: np.ndarray, rows: np.ndarray, angles: np.ndar
     ``batch_size`` (at most the pairs given, unless ``exact``).
 
     ``exact``: the last batch padded to ``batch_size`` too, so that every call has one
-    shape (what XLA, compiling per shape, needs; the passes of :mod:`backbone_cache` are
+    shape (what XLA, compiling per shape, needs; the forward pass of :mod:`backbone_cache` is
     traced once for any batch size).
     """
     import tensorflow as tf

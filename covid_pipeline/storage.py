@@ -29,7 +29,9 @@ def is_local(uri: str) -> bool:
 
 
 def local_path(uri: str) -> str:
-    return uri[len("file://") :] if uri.startswith("file://") else uri
+    """The file system path of a local URI: ``file://`` dropped and ``~`` expanded (as
+    fsspec does: a source given as ``~/data`` where no shell expanded it)."""
+    return os.path.expanduser(uri[len("file://") :] if uri.startswith("file://") else uri)
 
 
 def join(base: str, *parts: str) -> str:

@@ -99,7 +99,18 @@ def test_a_rerun_decodes_only_the_images_its_histogram_cache_lacks(synth_root, t
     baseline.write_histograms(cache, {s: h for s, h in kept.items() if s != dropped})
     assert run()[0] == 1
     assert dropped in baseline.read_histograms(cache)
-    # a damaged cache is not trusted: everything is decoded again, same results
+    # a row that is no histogram is not trusted: that image is decoded again
+    kept = baseline.read_histograms(cache)
+    baseline.write_histograms(cache, {**kept, dropped: np.full(baseline.HISTOGRAM_BINS,
+                                                               np.nan)})
+    assert dropped not in baseline.read_histograms(cache) and run()[0] == 1
+    # a table made otherwise (another decoder or Pillow version) or damaged is not
+    # trusted: everything is decoded again, with the same results
+    with monkeypatch.context() as m:
+        m.setattr(baseline, "histograms_fingerprint", lambda: "another decoder")
+        baseline.write_histograms(cache, kept)
+    assert baseline.read_histograms(cache) == {}
+    assert run()[0] == n
     storage.write_bytes(cache, b"not parquet")
     damaged, after = run()
     assert damaged == n and [m for m, _ in after] == [m for m, _ in reference]

@@ -46,7 +46,7 @@ def test_write_below_a_regular_file_fails_clearly_and_leaves_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-def test_local_reads_keep_fsspecs_contract(tmp_path):
+def test_local_reads_keep_fsspecs_contract(tmp_path, monkeypatch):
     """Local files are read with the os module (fsspec's URI resolution cost a threaded
     ingest 12 % of its GIL time): the same bytes and answers as fsspec, for plain paths and
     file:// URIs, and the same errors."""
@@ -58,6 +58,11 @@ def test_local_reads_keep_fsspecs_contract(tmp_path):
     for uri in (str(tmp_path / "a.bin"), f"file://{tmp_path / 'a.bin'}"):
         assert storage.read_bytes(uri) == local.cat_file(str(tmp_path / "a.bin")) == data
         assert storage.exists(uri) and local.exists(str(tmp_path / "a.bin"))
+    # a relative path, and ~ where no shell expanded it (a quoted --source ~/data)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for uri in ("a.bin", "~/a.bin", "file://~/a.bin"):
+        assert storage.read_bytes(uri) == data and storage.exists(uri), uri
     missing = str(tmp_path / "no" / "such.bin")
     assert not storage.exists(missing) and not storage.exists(f"file://{missing}")
     with pytest.raises(FileNotFoundError):
