@@ -163,9 +163,6 @@ def maps_function(model, preprocess):
 
     def maps(batch):
         batch = tf.convert_to_tensor(batch, tf.float32)
-        if tuple(batch.shape[1:]) != (*model.input_shape[1:3], 1):
-            raise ValueError(f"grey batches of {model.input_shape[1:3]} px expected, got "
-                             f"{tuple(batch.shape)}")
         angles = tf.zeros(tf.shape(batch)[:1], tf.float32)
         return tf.cast(to_maps(rotated_inputs(batch, angles, preprocess), training=False),
                        tf.float32)

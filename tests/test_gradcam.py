@@ -66,7 +66,7 @@ def test_the_panels_path_gives_the_exported_models_heat_maps(net):
     backbone_cache.forget()
     kept = backbone_cache.backbone("VGG16", CFG, "float32")
     kept_maps = kept.maps(resize_all(images, 64, 8)).numpy()
-    with pytest.raises(ValueError, match="64"):  # eager: the shape is checked by hand
+    with pytest.raises(ValueError, match="64"):  # eager, still refused by Keras' input check
         kept.maps(resize_all(images, 32, 8))
     np.testing.assert_allclose(kept_maps, maps, rtol=1e-4, atol=1e-4 * np.abs(maps).max())
     cams, scores = gradcam.pooled_heatmaps(kept_maps, head)
