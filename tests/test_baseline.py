@@ -106,8 +106,8 @@ def test_a_rerun_decodes_only_the_images_its_histogram_cache_lacks(synth_root, t
     assert dropped not in baseline.read_histograms(cache) and run()[0] == 1
     # a table made otherwise (another decoder or Pillow version) or damaged is not
     # trusted: everything is decoded again, with the same results
-    with monkeypatch.context() as m:
-        m.setattr(baseline, "histograms_fingerprint", lambda: "another decoder")
+    with monkeypatch.context() as patch:
+        patch.setattr(baseline, "histograms_fingerprint", lambda: "another decoder")
         baseline.write_histograms(cache, kept)
     assert baseline.read_histograms(cache) == {}
     assert run()[0] == n
