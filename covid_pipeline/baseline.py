@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import PIL
-import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
@@ -29,6 +28,7 @@ from covid_pipeline.config import BenchmarkConfig
 from covid_pipeline.folds import repeat_folds
 from covid_pipeline.metrics import fold_metrics
 from covid_pipeline.shards import DatasetInfo, load_dataset, parquet_bytes, read_parquet
+from covid_pipeline.stamped import read_stamped, write_stamped
 
 NAME = "acquisition-only baseline"
 HISTOGRAM_BINS = 16
@@ -70,8 +70,8 @@ def histogram(png: bytes) -> np.ndarray:
     return counts.reshape(HISTOGRAM_BINS, -1).sum(axis=1) / counts.sum()
 
 
-def intensity_histograms(info: DatasetInfo, cache_uri: str | None = None, batch: int = 256
-                         ) -> dict[str, np.ndarray]:
+def intensity_histograms(info: DatasetInfo, cache_uri: str | None = None, batch: int = 256,
+                         manifest: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
     """image_id → :func:`histogram` of its normalised image.
 
     ``cache_uri``: earlier histograms by sha256 (a normalised image's key at its size,
@@ -79,10 +79,12 @@ def intensity_histograms(info: DatasetInfo, cache_uri: str | None = None, batch:
     version's Parquet images of their folds, ``batch`` rows at a time, and it is written
     back with them. Without it a re-run decoded every kept image again, in the flow's
     process beside the workers (the benchmark's unchanged re-run: 2.0 -> 1.2 s with it, its
-    1,000 images at 128 px; a 512 px image has 16 times the pixels).
+    1,000 images at 128 px; a 512 px image has 16 times the pixels). ``manifest``: the
+    dataset version's, when the caller has read it.
     """
     known = read_histograms(cache_uri) if cache_uri else {}
-    images = read_parquet(info.manifest_uri)[["image_id", "sha256", "fold"]]
+    images = (read_parquet(info.manifest_uri) if manifest is None else manifest)[
+        ["image_id", "sha256", "fold"]]
     lacking = ~images["sha256"].astype(str).isin(known)
     missing = set(images.loc[lacking, "sha256"].astype(str))
     for k in sorted({int(f) for f in images.loc[lacking, "fold"]}):  # fold k = shard k
@@ -112,15 +114,10 @@ def read_histograms(uri: str) -> dict[str, np.ndarray]:
     """sha256 → histogram from :func:`write_histograms`' table; none when it is missing,
     unreadable or made otherwise (:func:`histograms_fingerprint`), and no row that is not
     a histogram (each is computed again)."""
-    try:
-        table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
-    except (FileNotFoundError, OSError, ValueError, storage.StorageError):
-        return {}
-    made_by = (table.schema.metadata or {}).get(HISTOGRAMS_KEY, b"").decode()
+    frame = read_stamped(uri, HISTOGRAMS_KEY, histograms_fingerprint())
     bins = [f"bin_{b}" for b in range(HISTOGRAM_BINS)]
-    if made_by != histograms_fingerprint() or table.column_names != ["sha256", *bins]:
+    if frame is None or list(frame.columns) != ["sha256", *bins]:
         return {}
-    frame = table.to_pandas()
     try:
         values = frame[bins].to_numpy(np.float64)
     except (TypeError, ValueError):
@@ -139,12 +136,7 @@ def write_histograms(uri: str, histograms: dict[str, np.ndarray]) -> None:
         (0, HISTOGRAM_BINS))
     frame = pd.DataFrame(values, columns=[f"bin_{b}" for b in range(HISTOGRAM_BINS)])
     frame.insert(0, "sha256", shas)
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                           HISTOGRAMS_KEY: histograms_fingerprint().encode()})
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    storage.write_bytes(uri, sink.getvalue().to_pybytes())
+    write_stamped(uri, frame, HISTOGRAMS_KEY, histograms_fingerprint())
 
 
 def train_baseline(dataset_uri: str, cfg: BenchmarkConfig, out: str) -> list[dict[str, Any]]:
@@ -152,7 +144,8 @@ def train_baseline(dataset_uri: str, cfg: BenchmarkConfig, out: str) -> list[dic
     predictions beside the models'; return fold records like the models' (cheap: seconds)."""
     info = load_dataset(dataset_uri)
     manifest = read_parquet(info.manifest_uri).sort_values("image_id").reset_index(drop=True)
-    histograms = intensity_histograms(info, layout.intensity_histograms(out, info.image_size))
+    histograms = intensity_histograms(info, layout.intensity_histograms(out, info.image_size),
+                                      manifest=manifest)
     x = acquisition_features(manifest, histograms).loc[manifest["image_id"]]
     y = manifest["label"].to_numpy(np.int64)
     results = layout.results(out, info.version, cfg.config_hash())

@@ -11,16 +11,14 @@ completed upload) after each chunk of reads, so an interrupted ingest keeps what
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
 import pandas as pd
 import PIL
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from covid_pipeline import imaging, layout, storage
+from covid_pipeline import imaging, layout
+from covid_pipeline.stamped import read_stamped, write_stamped
 from covid_pipeline.storage import FileStat
 
 FORMAT = 1
@@ -45,13 +43,8 @@ class IngestIndex:
     def __init__(self, out: str) -> None:
         self.uri = layout.ingest_index(out)
         self.entries: dict[str, tuple[FileStat, str]] = {}
-        try:
-            stored = pq.read_table(io.BytesIO(storage.read_bytes(self.uri)))
-        except (FileNotFoundError, OSError, ValueError):
-            stored = None  # none yet, or unreadable: every file is read again
-        made_by = ((stored.schema.metadata or {}).get(FINGERPRINT_KEY, b"").decode()
-                   if stored is not None else "")
-        table = stored.to_pandas() if stored is not None and made_by == fingerprint() else None
+        # none yet, unreadable or made otherwise: every file is read again
+        table = read_stamped(self.uri, FINGERPRINT_KEY, fingerprint())
         if table is not None and list(table.columns) == COLUMNS:
             for uri, size, token, facts in table.itertuples(index=False):
                 self.entries[str(uri)] = (FileStat(int(size), str(token)), str(facts))
@@ -83,9 +76,4 @@ class IngestIndex:
             "token": [e[0].token for _, e in rows],
             "facts": [e[1] for _, e in rows],
         }, columns=COLUMNS)
-        arrow = pa.Table.from_pandas(table, preserve_index=False)
-        arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}),
-                                               FINGERPRINT_KEY: fingerprint().encode()})
-        sink = pa.BufferOutputStream()
-        pq.write_table(arrow, sink)
-        storage.write_bytes(self.uri, sink.getvalue().to_pybytes())
+        write_stamped(self.uri, table, FINGERPRINT_KEY, fingerprint())
