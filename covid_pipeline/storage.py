@@ -54,7 +54,7 @@ def _unusable(uri: str, exc: OSError, action: str) -> StorageError:
 
 
 # Local files take the os module's path, not fsspec's: resolving a URI to its filesystem
-# held the GIL for ~0.1 ms a call, 12 % of a threaded ingest's GIL time (py-spy --gil),
+# held the GIL for ~0.25 ms a call, 12 % of a threaded ingest's GIL time (py-spy --gil),
 # where a file's read or existence is one system call.
 
 
